@@ -1,0 +1,135 @@
+// Package api is the HTTP edge of chatd: the REST API for host sites (service key) and for
+// users (tokens), built on echo. Writes go to the command side (streams.Store), reads to the
+// read models (projections); this package decides nothing itself beyond who may ask.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/projections"
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+)
+
+// Commands is the command side as the API uses it; *streams.Store implements it.
+type Commands interface {
+	ProvisionUser(ctx context.Context, id, displayName string) (domain.User, bool, uint64, error)
+	UserExists(ctx context.Context, id string) (bool, error)
+	CreateConversation(ctx context.Context, actor, kind, title string, members []string) (domain.Conversation, bool, uint64, error)
+	AddMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error)
+	RemoveMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error)
+	SendMessage(ctx context.Context, actor, convID, clientMsgID, body string) (domain.Message, bool, error)
+	EditMessage(ctx context.Context, actor, msgID, body string) (domain.Message, uint64, error)
+	DeleteMessage(ctx context.Context, actor, msgID string) (domain.Message, uint64, error)
+	MarkRead(ctx context.Context, actor, convID string, seq uint64) (uint64, error)
+}
+
+// Projector tells how far the read models are; *projections.Projector implements it.
+type Projector interface {
+	WaitFor(ctx context.Context, seq uint64) error
+	Healthy() error
+}
+
+// Check is one named readiness check for /readyz.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Deps is everything the API needs, built by cmd/chatd.
+type Deps struct {
+	Commands      Commands
+	Users         projections.Users
+	Conversations projections.Conversations
+	Messages      projections.Messages
+	Projector     Projector
+	Auth          *Auth
+	Checks        []Check
+	Log           *slog.Logger
+	// MinSeqTimeout bounds how long a read with min_seq waits for the read models.
+	MinSeqTimeout time.Duration
+	// MaxBodyBytes bounds request bodies.
+	MaxBodyBytes int64
+}
+
+type server struct{ Deps }
+
+// New returns the HTTP handler of the API.
+func New(d Deps) *echo.Echo {
+	if d.MinSeqTimeout <= 0 {
+		d.MinSeqTimeout = 5 * time.Second
+	}
+	if d.MaxBodyBytes <= 0 {
+		d.MaxBodyBytes = 64 << 10
+	}
+	s := &server{Deps: d}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.handleError
+	e.Use(middleware.Recover())
+	e.Use(s.logRequests)
+
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+
+	v1 := e.Group("/api/v1")
+	host := v1.Group("", s.requireServiceKey)
+	host.PUT("/users/:user_id", s.putUser)
+	host.POST("/tokens", s.postToken)
+
+	user := v1.Group("", s.requireUser)
+	user.GET("/me", s.getMe)
+	user.GET("/users", s.listUsers)
+	user.POST("/conversations", s.postConversation)
+	user.GET("/conversations", s.listConversations)
+	user.GET("/conversations/:id", s.getConversation)
+	user.POST("/conversations/:id/members", s.postMember)
+	user.DELETE("/conversations/:id/members/:user_id", s.deleteMember)
+	user.POST("/conversations/:id/messages", s.postMessage)
+	user.GET("/conversations/:id/messages", s.listMessages)
+	user.POST("/conversations/:id/read", s.postRead)
+	user.GET("/messages/:id", s.getMessage)
+	user.PATCH("/messages/:id", s.patchMessage)
+	user.DELETE("/messages/:id", s.deleteMessage)
+	return e
+}
+
+// logRequests logs one line per request: the route, never the query string or headers, which
+// may carry credentials.
+func (s *server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		s.Log.Debug("http", "method", c.Request().Method, "route", c.Path(), "status", c.Response().Status,
+			"duration", time.Since(start))
+		return nil
+	}
+}
+
+func (s *server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz answers 200 when NATS and PostgreSQL answer and the projector runs, else 503 with
+// the state of each.
+func (s *server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	status, code := map[string]string{}, http.StatusOK
+	checks := append(s.Checks, Check{Name: "projector", Check: func(context.Context) error { return s.Projector.Healthy() }})
+	for _, ch := range checks {
+		if err := ch.Check(ctx); err != nil {
+			status[ch.Name], code = err.Error(), http.StatusServiceUnavailable
+		} else {
+			status[ch.Name] = "ok"
+		}
+	}
+	return c.JSON(code, status)
+}

@@ -1,0 +1,134 @@
+package api
+
+import (
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/labstack/echo/v4"
+)
+
+// Auth checks the two kinds of credentials: the host site's service key, and user tokens. User
+// tokens are HS256 JWTs signed with a secret that chatd shares with the host, so the host may
+// mint them itself or ask chatd to (POST /api/v1/tokens).
+type Auth struct {
+	serviceKey []byte
+	secret     []byte
+	maxTTL     time.Duration
+	now        func() time.Time
+}
+
+// Issuer is the iss claim of tokens chatd mints. Tokens minted by the host may carry any.
+const Issuer = "chatd"
+
+// MinSecretBytes is the shortest accepted JWT secret and service key: HS256 wants 256 bits.
+const MinSecretBytes = 32
+
+// NewAuth returns an Auth for the service key and JWT secret. maxTTL caps token lifetimes.
+func NewAuth(serviceKey, jwtSecret string, maxTTL time.Duration) (*Auth, error) {
+	if len(serviceKey) < MinSecretBytes || len(jwtSecret) < MinSecretBytes {
+		return nil, fmt.Errorf("the service key and the JWT secret must be at least %d bytes", MinSecretBytes)
+	}
+	return &Auth{serviceKey: []byte(serviceKey), secret: []byte(jwtSecret), maxTTL: maxTTL, now: time.Now}, nil
+}
+
+// Claims are what a user token says.
+type Claims struct {
+	jwt.RegisteredClaims
+}
+
+// Mint returns a token for user valid for ttl (at most the configured maximum).
+func (a *Auth) Mint(user string, ttl time.Duration) (string, time.Time, error) {
+	if err := domain.ValidUserID(user); err != nil {
+		return "", time.Time{}, err
+	}
+	if ttl <= 0 || ttl > a.maxTTL {
+		return "", time.Time{}, domain.Errorf(domain.CodeInvalid, "ttl_seconds must be between 1 and %d", int(a.maxTTL.Seconds()))
+	}
+	now := a.now().Truncate(time.Second)
+	exp := now.Add(ttl)
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, Claims{jwt.RegisteredClaims{
+		Issuer:    Issuer,
+		Subject:   user,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(exp),
+	}})
+	s, err := tok.SignedString(a.secret)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
+	}
+	return s, exp, nil
+}
+
+// Verify checks a user token and returns the user it names. The algorithm is pinned to HS256
+// (no "none", no key confusion), and an expiry is required.
+func (a *Auth) Verify(token string) (string, error) {
+	var claims Claims
+	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.secret, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(30*time.Second),
+		jwt.WithTimeFunc(a.now),
+	)
+	if err != nil {
+		if errors.Is(err, jwt.ErrTokenExpired) {
+			return "", domain.Errorf(domain.CodeUnauthenticated, "the token has expired")
+		}
+		return "", domain.Errorf(domain.CodeUnauthenticated, "invalid token")
+	}
+	if domain.ValidUserID(claims.Subject) != nil {
+		return "", domain.Errorf(domain.CodeUnauthenticated, "the token's subject is not a valid user id")
+	}
+	return claims.Subject, nil
+}
+
+// validServiceKey compares in constant time.
+func (a *Auth) validServiceKey(key string) bool {
+	return subtle.ConstantTimeCompare([]byte(key), a.serviceKey) == 1
+}
+
+func bearer(c echo.Context) (string, bool) {
+	h := c.Request().Header.Get(echo.HeaderAuthorization)
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+const userKey = "chatd.user"
+
+func (s *server) requireServiceKey(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		key, ok := bearer(c)
+		if !ok || !s.Auth.validServiceKey(key) {
+			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="chatd service"`)
+			return domain.Errorf(domain.CodeUnauthenticated, "this endpoint needs the service key as a Bearer token")
+		}
+		return next(c)
+	}
+}
+
+func (s *server) requireUser(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		tok, ok := bearer(c)
+		if !ok {
+			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="chatd"`)
+			return domain.Errorf(domain.CodeUnauthenticated, "this endpoint needs a user token as a Bearer token")
+		}
+		user, err := s.Auth.Verify(tok)
+		if err != nil {
+			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="chatd", error="invalid_token"`)
+			return err
+		}
+		c.Set(userKey, user)
+		return next(c)
+	}
+}
+
+func currentUser(c echo.Context) string { return c.Get(userKey).(string) }

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+)
+
+// Config is every setting of chatd. Each comes from a flag, else an environment variable, else
+// its default; the defaults run the whole product on one machine.
+type Config struct {
+	Addr            string
+	DataDir         string
+	NATSURL         string
+	NATSListen      string
+	NATSSync        string
+	DatabaseURL     string
+	ServiceKey      string
+	JWTSecret       string
+	StreamReplicas  int
+	DuplicateWindow time.Duration
+	TokenMaxTTL     time.Duration
+	MinSeqTimeout   time.Duration
+	MaxBodyBytes    int
+	Limits          domain.Limits
+	LogLevel        string
+	LogFormat       string
+}
+
+// setting describes one configuration value, for parsing and for printing it at start.
+type setting struct {
+	flag, env, usage string
+	secret           bool
+	value            flag.Value
+}
+
+// settings binds c's fields to flags and environment variables.
+func (c *Config) settings() []setting {
+	lim := &c.Limits
+	return []setting{
+		{"addr", "CHAT_ADDR", "HTTP listen address", false, (*stringValue)(&c.Addr)},
+		{"data-dir", "CHAT_DATA_DIR", "data directory: embedded NATS store, embedded PostgreSQL, generated secrets", false, (*stringValue)(&c.DataDir)},
+		{"nats-url", "CHAT_NATS_URL", "external NATS server(s); empty runs an embedded server", false, (*stringValue)(&c.NATSURL)},
+		{"nats-listen", "CHAT_NATS_LISTEN", "client address of the embedded NATS server", false, (*stringValue)(&c.NATSListen)},
+		{"nats-sync", "CHAT_NATS_SYNC", `embedded JetStream fsync: "always" or an interval such as "1s"`, false, (*stringValue)(&c.NATSSync)},
+		{"database-url", "DATABASE_URL", "external PostgreSQL; empty runs a private cluster under the data directory", true, (*stringValue)(&c.DatabaseURL)},
+		{"service-key", "CHAT_SERVICE_KEY", "the host site's key for the service API (generated into the data directory when empty)", true, (*stringValue)(&c.ServiceKey)},
+		{"jwt-secret", "CHAT_JWT_SECRET", "HS256 secret shared with the host for user tokens (generated when empty)", true, (*stringValue)(&c.JWTSecret)},
+		{"stream-replicas", "CHAT_STREAM_REPLICAS", "replicas of the events stream (3 on a NATS cluster)", false, (*intValue)(&c.StreamReplicas)},
+		{"duplicate-window", "CHAT_DUPLICATE_WINDOW", "JetStream duplicate window for concurrent retries", false, (*durationValue)(&c.DuplicateWindow)},
+		{"token-max-ttl", "CHAT_TOKEN_MAX_TTL", "longest lifetime of a minted user token", false, (*durationValue)(&c.TokenMaxTTL)},
+		{"min-seq-timeout", "CHAT_MIN_SEQ_TIMEOUT", "longest wait of a read with min_seq", false, (*durationValue)(&c.MinSeqTimeout)},
+		{"max-body-bytes", "CHAT_MAX_BODY_BYTES", "largest request body", false, (*intValue)(&c.MaxBodyBytes)},
+		{"max-message-bytes", "CHAT_MAX_MESSAGE_BYTES", "largest message body (UTF-8 bytes)", false, (*intValue)(&lim.MaxMessageBytes)},
+		{"max-title-bytes", "CHAT_MAX_TITLE_BYTES", "longest group title", false, (*intValue)(&lim.MaxTitleBytes)},
+		{"max-display-name-bytes", "CHAT_MAX_DISPLAY_NAME_BYTES", "longest display name", false, (*intValue)(&lim.MaxDisplayNameBytes)},
+		{"max-group-members", "CHAT_MAX_GROUP_MEMBERS", "most members of one group", false, (*intValue)(&lim.MaxGroupMembers)},
+		{"log-level", "CHAT_LOG_LEVEL", "debug, info, warn or error", false, (*stringValue)(&c.LogLevel)},
+		{"log-format", "CHAT_LOG_FORMAT", "text or json", false, (*stringValue)(&c.LogFormat)},
+	}
+}
+
+func defaultConfig() Config {
+	return Config{
+		Addr:            ":8080",
+		DataDir:         "./data",
+		NATSListen:      "127.0.0.1:4222",
+		NATSSync:        "1s",
+		StreamReplicas:  1,
+		DuplicateWindow: 2 * time.Minute,
+		TokenMaxTTL:     24 * time.Hour,
+		MinSeqTimeout:   5 * time.Second,
+		MaxBodyBytes:    64 << 10,
+		Limits:          domain.DefaultLimits,
+		LogLevel:        "info",
+		LogFormat:       "text",
+	}
+}
+
+// parseConfig reads the environment, then flags (which win), and validates the result once.
+func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer) (Config, []string, error) {
+	c := defaultConfig()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	for _, s := range c.settings() {
+		if v := getenv(s.env); v != "" {
+			if err := s.value.Set(v); err != nil {
+				return c, nil, fmt.Errorf("%s=%q: %w", s.env, v, err)
+			}
+		}
+		fs.Var(s.value, s.flag, fmt.Sprintf("%s (env %s)", s.usage, s.env))
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, nil, err
+	}
+	return c, fs.Args(), c.validate()
+}
+
+func (c Config) validate() error {
+	var problems []string
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		problems = append(problems, "stream replicas must be 1 to 5")
+	}
+	if c.NATSSync != "always" {
+		if d, err := time.ParseDuration(c.NATSSync); err != nil || d <= 0 {
+			problems = append(problems, `nats sync must be "always" or a positive duration`)
+		}
+	}
+	if c.DuplicateWindow < time.Second {
+		problems = append(problems, "duplicate window must be at least 1s")
+	}
+	if c.TokenMaxTTL < time.Minute {
+		problems = append(problems, "token max TTL must be at least 1m")
+	}
+	if c.MinSeqTimeout <= 0 || c.MaxBodyBytes < 1024 {
+		problems = append(problems, "min-seq timeout must be positive and max body at least 1024 bytes")
+	}
+	l := c.Limits
+	if l.MaxMessageBytes < 1 || l.MaxTitleBytes < 1 || l.MaxDisplayNameBytes < 1 || l.MaxGroupMembers < 2 {
+		problems = append(problems, "limits must be positive (a group needs at least 2 members)")
+	}
+	if l.MaxMessageBytes > c.MaxBodyBytes/2 {
+		problems = append(problems, "max message bytes must be at most half of max body bytes (JSON escaping)")
+	}
+	for _, s := range []struct{ name, v string }{{"service key", c.ServiceKey}, {"JWT secret", c.JWTSecret}} {
+		if s.v != "" && len(s.v) < 32 {
+			problems = append(problems, s.name+" must be at least 32 bytes")
+		}
+	}
+	if c.NATSURL != "" && (c.ServiceKey == "" || c.JWTSecret == "") {
+		problems = append(problems, "with an external NATS (several nodes), set CHAT_SERVICE_KEY and CHAT_JWT_SECRET: every node must share them")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("invalid configuration: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// print writes the configuration, secrets masked, one setting a line.
+func (c *Config) print(w io.Writer) {
+	for _, s := range c.settings() {
+		v := s.value.String()
+		if s.secret && v != "" {
+			v = "****"
+		}
+		fmt.Fprintf(w, "  %-28s %s\n", s.env, v)
+	}
+}
+
+type stringValue string
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string     { return string(*v) }
+
+type intValue int
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("not an integer")
+	}
+	*v = intValue(n)
+	return nil
+}
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+type durationValue time.Duration
+
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("not a duration such as 30s or 2m")
+	}
+	*v = durationValue(d)
+	return nil
+}
+func (v *durationValue) String() string { return time.Duration(*v).String() }

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/chatd-dev/chatd/api"
+	"github.com/chatd-dev/chatd/migrations"
+	"github.com/chatd-dev/chatd/projections"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, rest, err := parseConfig("chatd", args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
+	}
+	log := newLogger(cfg, stderr)
+	// 0755: the private PostgreSQL runs as another user when chatd is root and must reach
+	// <data>/postgres; the secrets inside are files of mode 0600.
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	fmt.Fprintln(stdout, "chatd configuration:")
+	cfg.print(stdout)
+
+	// The order of the deferred closes below is the shutdown order, last first: HTTP stops
+	// accepting, the projector finishes its batch, NATS drains, the pool closes, then the
+	// embedded servers stop.
+	natsConn, stopNATS, err := connectNATS(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopNATS()
+
+	dbURL, stopPG, err := database(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopPG()
+	if err := migrate(ctx, dbURL); err != nil {
+		return err
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	defer pool.Close()
+
+	js, err := jetstream.New(natsConn)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	stream, err := streams.Setup(ctx, js, streams.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow})
+	if err != nil {
+		return err
+	}
+	defer natsConn.Drain() //nolint:errcheck // best effort at exit
+
+	serviceKey, jwtSecret, err := secrets(cfg, log)
+	if err != nil {
+		return err
+	}
+	auth, err := api.NewAuth(serviceKey, jwtSecret, cfg.TokenMaxTTL)
+	if err != nil {
+		return err
+	}
+
+	projector := projections.NewProjector(pool, stream, log)
+	projCtx, stopProjector := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { projector.Run(projCtx) })
+	defer func() { stopProjector(); wg.Wait() }()
+
+	handler := api.New(api.Deps{
+		Commands:      streams.NewStore(js, stream, cfg.Limits),
+		Users:         projections.NewUsers(pool),
+		Conversations: projections.NewConversations(pool),
+		Messages:      projections.NewMessages(pool),
+		Projector:     projector,
+		Auth:          auth,
+		Log:           log,
+		MinSeqTimeout: cfg.MinSeqTimeout,
+		MaxBodyBytes:  int64(cfg.MaxBodyBytes),
+		Checks: []api.Check{
+			{Name: "nats", Check: func(context.Context) error {
+				if s := natsConn.Status(); s != nats.CONNECTED {
+					return fmt.Errorf("nats connection is %s", s)
+				}
+				return nil
+			}},
+			{Name: "postgres", Check: func(ctx context.Context) error { return pool.Ping(ctx) }},
+		},
+	})
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	fmt.Fprintf(stdout, "chatd listening on http://%s\n", displayAddr(ln.Addr()))
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("http server: %w", err)
+	}
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("http shutdown", "err", err)
+	}
+	return nil
+}
+
+// displayAddr turns ":8080" into "127.0.0.1:8080"-style text a person can click.
+func displayAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	return fmt.Sprintf("localhost:%d", tcp.Port)
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// connectNATS connects to CHAT_NATS_URL, or starts the embedded server and connects to it.
+func connectNATS(cfg Config, log *slog.Logger) (*nats.Conn, func(), error) {
+	opts := []nats.Option{
+		nats.Name("chatd"),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
+		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats reconnected") }),
+	}
+	if cfg.NATSURL != "" {
+		nc, err := nats.Connect(cfg.NATSURL, opts...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
+		}
+		return nc, nc.Close, nil
+	}
+	sync := time.Duration(0)
+	if cfg.NATSSync != "always" {
+		sync, _ = time.ParseDuration(cfg.NATSSync) // validated
+	}
+	storeDir := cfg.DataDir + "/nats"
+	if err := os.MkdirAll(storeDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create NATS store: %w", err)
+	}
+	ns, err := streams.RunServer(streams.ServerConfig{StoreDir: storeDir, Listen: cfg.NATSListen, SyncInterval: sync})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("embedded NATS running", "url", ns.ClientURL(), "store", storeDir, "sync", cfg.NATSSync)
+	nc, err := nats.Connect(ns.ClientURL(), opts...)
+	if err != nil {
+		ns.Shutdown()
+		return nil, nil, fmt.Errorf("connect to embedded NATS: %w", err)
+	}
+	return nc, func() {
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}, nil
+}
+
+// migrate brings the read-model schema up to date.
+func migrate(ctx context.Context, dbURL string) error {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL for migrations: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return migrations.Migrate(ctx, conn)
+}
+
+func runMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, _, err := parseConfig("chatd migrate", args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	dbURL, stop, err := database(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if err := migrate(ctx, dbURL); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "migrations applied")
+	return nil
+}

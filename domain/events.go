@@ -1,0 +1,173 @@
+package domain
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// SchemaVersion is the version of the event envelope and payloads written by this build.
+// Readers accept every version up to it; a change that old readers cannot read bumps it.
+const SchemaVersion = 1
+
+// Event types. Their JSON is a contract with auditors and future readers: see the golden files
+// in domain/testdata/events.
+const (
+	TypeUserCreated         = "user.created"
+	TypeUserUpdated         = "user.updated"
+	TypeConversationCreated = "conversation.created"
+	TypeMemberJoined        = "member.joined"
+	TypeMemberLeft          = "member.left"
+	TypeMessageCreated      = "message.created"
+	TypeMessageEdited       = "message.edited"
+	TypeMessageDeleted      = "message.deleted"
+	TypeReadUpdated         = "read.updated"
+)
+
+// ActorService is the actor of events caused by the host site through its service key.
+const ActorService = "service"
+
+// Event is the envelope of every change. Seq is not part of the JSON: the stream assigns it on
+// append and readers attach it from the stream's metadata.
+type Event struct {
+	V              int             `json:"v"`
+	ID             string          `json:"id"`
+	Type           string          `json:"type"`
+	ConversationID string          `json:"conversation_id,omitempty"`
+	Actor          string          `json:"actor"`
+	Time           time.Time       `json:"time"`
+	Data           json.RawMessage `json:"data"`
+
+	Seq uint64 `json:"-"`
+}
+
+// UserData is the payload of user.created and user.updated.
+type UserData struct {
+	UserID      string `json:"user_id"`
+	DisplayName string `json:"display_name"`
+}
+
+// ConversationData is the payload of conversation.created: the whole new conversation.
+type ConversationData struct {
+	Conversation Conversation `json:"conversation"`
+}
+
+// MemberData is the payload of member.joined and member.left: who joined or left, and the
+// conversation as it is after the change.
+type MemberData struct {
+	UserID       string       `json:"user_id"`
+	Conversation Conversation `json:"conversation"`
+}
+
+// MessageData is the payload of message.created, message.edited and message.deleted. Edits and
+// deletes repeat the sender so that a later decision needs only the message's last event.
+type MessageData struct {
+	MessageID   string `json:"message_id"`
+	SenderID    string `json:"sender_id"`
+	ClientMsgID string `json:"client_msg_id,omitempty"`
+	Body        string `json:"body,omitempty"`
+}
+
+// ReadData is the payload of read.updated: user has read the conversation up to Seq.
+type ReadData struct {
+	UserID string `json:"user_id"`
+	Seq    uint64 `json:"seq"`
+}
+
+// Timestamps are kept to the microsecond, as PostgreSQL keeps them, so that a write's answer
+// and a later read of the same thing agree to the letter.
+func eventTime(now time.Time) time.Time { return now.UTC().Truncate(time.Microsecond) }
+
+func newEvent(typ, conversationID, actor string, now time.Time, data any) Event {
+	now = eventTime(now)
+	raw, err := json.Marshal(data)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %s data: %v", typ, err)) // plain structs always marshal
+	}
+	return Event{
+		V:              SchemaVersion,
+		ID:             NewEventID(),
+		Type:           typ,
+		ConversationID: conversationID,
+		Actor:          actor,
+		Time:           now,
+		Data:           raw,
+	}
+}
+
+// DecodeEvent parses an event as stored in the stream and checks its envelope.
+func DecodeEvent(b []byte) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(b, &e); err != nil {
+		return Event{}, fmt.Errorf("decode event: %w", err)
+	}
+	if e.V < 1 || e.V > SchemaVersion {
+		return Event{}, fmt.Errorf("decode event %s: unsupported schema version %d", e.ID, e.V)
+	}
+	if e.Type == "" || e.ID == "" || len(e.Data) == 0 {
+		return Event{}, fmt.Errorf("decode event %q: missing type, id or data", e.ID)
+	}
+	return e, nil
+}
+
+// DecodeData parses the payload of e into T.
+func DecodeData[T any](e Event) (T, error) {
+	var v T
+	if err := json.Unmarshal(e.Data, &v); err != nil {
+		return v, fmt.Errorf("decode %s data of event %s: %w", e.Type, e.ID, err)
+	}
+	return v, nil
+}
+
+// ConversationOf returns the conversation state carried by a conversation.created,
+// member.joined or member.left event.
+func ConversationOf(e Event) (Conversation, error) {
+	switch e.Type {
+	case TypeConversationCreated:
+		d, err := DecodeData[ConversationData](e)
+		return d.Conversation, err
+	case TypeMemberJoined, TypeMemberLeft:
+		d, err := DecodeData[MemberData](e)
+		return d.Conversation, err
+	}
+	return Conversation{}, fmt.Errorf("event %s of type %s carries no conversation", e.ID, e.Type)
+}
+
+// MessageOf returns the message described by the first event of a message (created). Later
+// events change its body or mark it deleted: see ApplyMessage.
+func MessageOf(created Event) (Message, error) {
+	if created.Type != TypeMessageCreated {
+		return Message{}, fmt.Errorf("event %s is %s, not %s", created.ID, created.Type, TypeMessageCreated)
+	}
+	d, err := DecodeData[MessageData](created)
+	if err != nil {
+		return Message{}, err
+	}
+	return Message{
+		ID:             d.MessageID,
+		ConversationID: created.ConversationID,
+		Seq:            created.Seq,
+		SenderID:       d.SenderID,
+		ClientMsgID:    d.ClientMsgID,
+		Body:           d.Body,
+		CreatedAt:      created.Time,
+	}, nil
+}
+
+// ApplyMessage returns m changed by a later event of the same message (edited or deleted).
+func ApplyMessage(m Message, e Event) (Message, error) {
+	d, err := DecodeData[MessageData](e)
+	if err != nil {
+		return m, err
+	}
+	switch e.Type {
+	case TypeMessageEdited:
+		t := e.Time
+		m.Body, m.EditedAt = d.Body, &t
+	case TypeMessageDeleted:
+		m.Body, m.Deleted = "", true
+	default:
+		return m, fmt.Errorf("event %s of type %s does not change a message", e.ID, e.Type)
+	}
+	return m, nil
+}

@@ -1,0 +1,208 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Conversations is the read model of conversations, their members and each member's read
+// marker: what a user's conversation list shows.
+type Conversations struct{ pool *pgxpool.Pool }
+
+// NewConversations returns the conversations read model on pool.
+func NewConversations(pool *pgxpool.Pool) Conversations { return Conversations{pool: pool} }
+
+func (Conversations) apply(b *pgx.Batch, e domain.Event) error {
+	switch e.Type {
+	case domain.TypeConversationCreated:
+		c, err := domain.ConversationOf(e)
+		if err != nil {
+			return err
+		}
+		b.Queue(`INSERT INTO conversations (id, kind, title, creator_id, created_at, last_activity_seq, last_activity_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $5) ON CONFLICT (id) DO NOTHING`,
+			c.ID, c.Kind, c.Title, c.CreatorID, e.Time, e.Seq)
+		b.Queue(`INSERT INTO members (conversation_id, user_id, joined_seq, joined_at)
+			SELECT $1, unnest($2::text[]), $3, $4 ON CONFLICT DO NOTHING`, c.ID, c.Members, e.Seq, e.Time)
+	case domain.TypeMemberJoined, domain.TypeMemberLeft:
+		d, err := domain.DecodeData[domain.MemberData](e)
+		if err != nil {
+			return err
+		}
+		if e.Type == domain.TypeMemberJoined {
+			b.Queue(`INSERT INTO members (conversation_id, user_id, joined_seq, joined_at) VALUES ($1, $2, $3, $4)
+				ON CONFLICT DO NOTHING`, e.ConversationID, d.UserID, e.Seq, e.Time)
+		} else {
+			b.Queue(`DELETE FROM members WHERE conversation_id = $1 AND user_id = $2`, e.ConversationID, d.UserID)
+		}
+		queueActivity(b, e)
+	case domain.TypeMessageCreated:
+		d, err := domain.DecodeData[domain.MessageData](e)
+		if err != nil {
+			return err
+		}
+		b.Queue(`UPDATE conversations SET last_message_seq = $2, last_activity_seq = $2, last_activity_at = $3
+			WHERE id = $1 AND last_activity_seq < $2`, e.ConversationID, e.Seq, e.Time)
+		// Sending a message means having read everything before it.
+		queueRead(b, e.ConversationID, d.SenderID, e.Seq)
+	case domain.TypeReadUpdated:
+		d, err := domain.DecodeData[domain.ReadData](e)
+		if err != nil {
+			return err
+		}
+		queueRead(b, e.ConversationID, d.UserID, d.Seq)
+	}
+	return nil
+}
+
+func queueActivity(b *pgx.Batch, e domain.Event) {
+	b.Queue(`UPDATE conversations SET last_activity_seq = $2, last_activity_at = $3
+		WHERE id = $1 AND last_activity_seq < $2`, e.ConversationID, e.Seq, e.Time)
+}
+
+func queueRead(b *pgx.Batch, conv, user string, seq uint64) {
+	b.Queue(`UPDATE members SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2 AND last_read_seq < $3`,
+		conv, user, seq)
+}
+
+// Member is a member of a conversation as the API shows it.
+type Member struct {
+	UserID      string `json:"user_id" db:"user_id"`
+	DisplayName string `json:"display_name" db:"display_name"`
+}
+
+// ConversationView is a conversation as one of its members sees it.
+type ConversationView struct {
+	ID              string          `json:"id"`
+	Kind            string          `json:"kind"`
+	Title           string          `json:"title"`
+	CreatorID       string          `json:"creator_id"`
+	CreatedAt       time.Time       `json:"created_at"`
+	LastActivitySeq uint64          `json:"last_activity_seq"`
+	LastActivityAt  time.Time       `json:"last_activity_at"`
+	LastReadSeq     uint64          `json:"last_read_seq"`
+	UnreadCount     int64           `json:"unread_count"`
+	LastMessage     *domain.Message `json:"last_message"`
+	Members         []Member        `json:"members"`
+}
+
+// conversationSelect reads conversations with the caller's read marker, unread count (messages
+// by others after the marker, not deleted) and last message. $1 is the caller.
+const conversationSelect = `
+SELECT c.id, c.kind, c.title, c.creator_id, c.created_at, c.last_activity_seq, c.last_activity_at, m.last_read_seq,
+       (SELECT count(*) FROM messages x
+         WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq
+           AND x.sender_id <> m.user_id AND x.deleted_at IS NULL) AS unread_count,
+       lm.id, lm.seq, lm.sender_id, lm.client_msg_id, lm.body, lm.created_at, lm.edited_at, lm.deleted_at
+  FROM members m
+  JOIN conversations c ON c.id = m.conversation_id
+  LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_message_seq
+ WHERE m.user_id = $1`
+
+func scanConversation(row pgx.CollectableRow) (ConversationView, error) {
+	var v ConversationView
+	var (
+		id, sender, clientID, body *string
+		seq                        *uint64
+		created, edited, deleted   *time.Time
+	)
+	err := row.Scan(&v.ID, &v.Kind, &v.Title, &v.CreatorID, &v.CreatedAt, &v.LastActivitySeq, &v.LastActivityAt,
+		&v.LastReadSeq, &v.UnreadCount, &id, &seq, &sender, &clientID, &body, &created, &edited, &deleted)
+	if err != nil {
+		return v, err
+	}
+	if id != nil {
+		v.LastMessage = &domain.Message{
+			ID: *id, ConversationID: v.ID, Seq: *seq, SenderID: *sender, ClientMsgID: *clientID,
+			Body: *body, CreatedAt: *created, EditedAt: edited, Deleted: deleted != nil,
+		}
+	}
+	return v, nil
+}
+
+// List returns the user's conversations, most recent activity first. before is the
+// last_activity_seq of the last conversation of the previous page (0 for the first page).
+func (c Conversations) List(ctx context.Context, user string, before uint64, limit int) ([]ConversationView, bool, error) {
+	if before == 0 {
+		before = maxSeq
+	}
+	rows, _ := c.pool.Query(ctx, conversationSelect+` AND c.last_activity_seq < $2
+		ORDER BY c.last_activity_seq DESC LIMIT $3`, user, before, limit+1)
+	list, err := pgx.CollectRows(rows, scanConversation)
+	if err != nil {
+		return nil, false, readErr(err, "list conversations")
+	}
+	more := len(list) > limit
+	if more {
+		list = list[:limit]
+	}
+	if err := c.attachMembers(ctx, list); err != nil {
+		return nil, false, err
+	}
+	return list, more, nil
+}
+
+// Get returns one conversation as user sees it; not found unless user is a member.
+func (c Conversations) Get(ctx context.Context, user, id string) (ConversationView, error) {
+	rows, _ := c.pool.Query(ctx, conversationSelect+` AND c.id = $2`, user, id)
+	v, err := pgx.CollectExactlyOneRow(rows, scanConversation)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return v, domain.Errorf(domain.CodeNotFound, "conversation not found")
+	}
+	if err != nil {
+		return v, readErr(err, "get conversation")
+	}
+	list := []ConversationView{v}
+	if err := c.attachMembers(ctx, list); err != nil {
+		return v, err
+	}
+	return list[0], nil
+}
+
+// IsMember reports whether user is a member of conversation id in the read model.
+func (c Conversations) IsMember(ctx context.Context, user, id string) (bool, error) {
+	var ok bool
+	err := c.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)`, id, user).Scan(&ok)
+	if err != nil {
+		return false, readErr(err, "check membership")
+	}
+	return ok, nil
+}
+
+func (c Conversations) attachMembers(ctx context.Context, list []ConversationView) error {
+	if len(list) == 0 {
+		return nil
+	}
+	ids := make([]string, len(list))
+	index := make(map[string]int, len(list))
+	for i, v := range list {
+		ids[i] = v.ID
+		index[v.ID] = i
+		list[i].Members = []Member{}
+	}
+	rows, err := c.pool.Query(ctx, `SELECT m.conversation_id, m.user_id, coalesce(u.display_name, m.user_id)
+		FROM members m LEFT JOIN users u ON u.id = m.user_id
+		WHERE m.conversation_id = ANY($1) ORDER BY m.conversation_id, m.user_id`, ids)
+	if err != nil {
+		return readErr(err, "list members")
+	}
+	var conv string
+	var m Member
+	_, err = pgx.ForEachRow(rows, []any{&conv, &m.UserID, &m.DisplayName}, func() error {
+		i := index[conv]
+		list[i].Members = append(list[i].Members, m)
+		return nil
+	})
+	if err != nil {
+		return readErr(err, "list members")
+	}
+	return nil
+}
+
+// maxSeq stands for "no upper bound" in keyset pagination (bigint's maximum).
+const maxSeq = uint64(1<<63 - 1)

@@ -1,0 +1,116 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Messages is the read model of message history. A deleted message stays as a tombstone (empty
+// body, deleted true) so that history keeps its shape; its text lives on only in the stream.
+type Messages struct{ pool *pgxpool.Pool }
+
+// NewMessages returns the messages read model on pool.
+func NewMessages(pool *pgxpool.Pool) Messages { return Messages{pool: pool} }
+
+func (Messages) apply(b *pgx.Batch, e domain.Event) error {
+	switch e.Type {
+	case domain.TypeMessageCreated, domain.TypeMessageEdited, domain.TypeMessageDeleted:
+	default:
+		return nil
+	}
+	d, err := domain.DecodeData[domain.MessageData](e)
+	if err != nil {
+		return err
+	}
+	switch e.Type {
+	case domain.TypeMessageCreated:
+		b.Queue(`INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, body, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
+			d.MessageID, e.ConversationID, e.Seq, d.SenderID, d.ClientMsgID, d.Body, e.Time)
+	case domain.TypeMessageEdited:
+		b.Queue(`UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 AND deleted_at IS NULL`, d.MessageID, d.Body, e.Time)
+	case domain.TypeMessageDeleted:
+		b.Queue(`UPDATE messages SET body = '', deleted_at = $2 WHERE id = $1`, d.MessageID, e.Time)
+	}
+	return nil
+}
+
+type messageRow struct {
+	ID             string     `db:"id"`
+	ConversationID string     `db:"conversation_id"`
+	Seq            uint64     `db:"seq"`
+	SenderID       string     `db:"sender_id"`
+	ClientMsgID    string     `db:"client_msg_id"`
+	Body           string     `db:"body"`
+	CreatedAt      time.Time  `db:"created_at"`
+	EditedAt       *time.Time `db:"edited_at"`
+	DeletedAt      *time.Time `db:"deleted_at"`
+}
+
+func (r messageRow) message() domain.Message {
+	return domain.Message{
+		ID: r.ID, ConversationID: r.ConversationID, Seq: r.Seq, SenderID: r.SenderID, ClientMsgID: r.ClientMsgID,
+		Body: r.Body, CreatedAt: r.CreatedAt, EditedAt: r.EditedAt, Deleted: r.DeletedAt != nil,
+	}
+}
+
+const messageColumns = `id, conversation_id, seq, sender_id, client_msg_id, body, created_at, edited_at, deleted_at`
+
+// Page asks for messages of one conversation by stream sequence. With only Before (or neither)
+// it is the newest messages before it; with After it is the oldest messages after it (catching
+// up); both bound the range. Pages are always returned newest first.
+type Page struct {
+	Before, After uint64
+	Limit         int
+}
+
+// List returns a page of a conversation's messages, newest first, and whether more exist in
+// the direction of the page.
+func (m Messages) List(ctx context.Context, convID string, p Page) ([]domain.Message, bool, error) {
+	before := p.Before
+	if before == 0 {
+		before = maxSeq
+	}
+	order := "DESC"
+	if p.After > 0 {
+		order = "ASC"
+	}
+	rows, _ := m.pool.Query(ctx, `SELECT `+messageColumns+` FROM messages
+		WHERE conversation_id = $1 AND seq < $2 AND seq > $3 ORDER BY seq `+order+` LIMIT $4`,
+		convID, before, p.After, p.Limit+1)
+	list, err := pgx.CollectRows(rows, pgx.RowToStructByName[messageRow])
+	if err != nil {
+		return nil, false, readErr(err, "list messages")
+	}
+	more := len(list) > p.Limit
+	if more {
+		list = list[:p.Limit]
+	}
+	if order == "ASC" {
+		slices.Reverse(list)
+	}
+	out := make([]domain.Message, len(list))
+	for i, r := range list {
+		out[i] = r.message()
+	}
+	return out, more, nil
+}
+
+// Get returns one message.
+func (m Messages) Get(ctx context.Context, id string) (domain.Message, error) {
+	rows, _ := m.pool.Query(ctx, `SELECT `+messageColumns+` FROM messages WHERE id = $1`, id)
+	r, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[messageRow])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return domain.Message{}, domain.Errorf(domain.CodeNotFound, "message not found")
+	}
+	if err != nil {
+		return domain.Message{}, readErr(err, "get message")
+	}
+	return r.message(), nil
+}

@@ -1,0 +1,284 @@
+// Package projections builds the PostgreSQL read models from the event stream and answers the
+// queries the REST API reads from them. The projector is the only writer of the read-model
+// tables; each read model (one file each) knows how to apply the events it cares about and how
+// to query its tables.
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// readModel is one set of tables. apply queues the statements that event e implies onto b; the
+// projector sends them with the rest of the batch in one transaction.
+type readModel interface {
+	apply(b *pgx.Batch, e domain.Event) error
+}
+
+// ProjectorName names the checkpoint row of the live read models.
+const ProjectorName = "main"
+
+// Projector applies events from the stream to the read models in batches. For each batch it
+// reads and locks its checkpoint, applies the events after it, and writes the new checkpoint in
+// the same transaction (guarantee 5). Its position in the stream lives only in PostgreSQL: it
+// reads the stream with an ordered consumer that starts after the checkpoint, so after any
+// failure it simply starts again from what was committed. See docs/architecture.md for why this
+// replaces a durable consumer with acks.
+type Projector struct {
+	pool      *pgxpool.Pool
+	stream    jetstream.Stream
+	log       *slog.Logger
+	name      string
+	batchSize int
+	models    []readModel
+	// AfterCommit, when set, is called with each committed batch (in stream order), after the
+	// read models hold it: the place for pushes (guarantee 7).
+	AfterCommit func(ctx context.Context, events []domain.Event)
+
+	pos     atomic.Uint64 // the read models hold every event up to here
+	mu      sync.Mutex
+	moved   chan struct{} // closed and replaced whenever pos moves
+	lastErr error         // last failure, nil while running well
+	running bool
+}
+
+// NewProjector returns a projector of the live read models.
+func NewProjector(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger) *Projector {
+	return &Projector{
+		pool:      pool,
+		stream:    stream,
+		log:       log,
+		name:      ProjectorName,
+		batchSize: 500,
+		models:    []readModel{Users{}, Conversations{}, Messages{}},
+		moved:     make(chan struct{}),
+	}
+}
+
+// Run projects until ctx is cancelled. Failures (PostgreSQL or NATS down) are logged and retried
+// with backoff from the last checkpoint; they never end Run.
+func (p *Projector) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := p.runOnce(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		p.setState(false, err)
+		p.log.Warn("projector stopped; restarting from its checkpoint", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	p.setState(false, errors.New("projector stopped"))
+}
+
+func (p *Projector) runOnce(ctx context.Context) error {
+	cp, err := p.checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	p.advance(cp)
+	cons, err := p.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{streams.SubjectRoot},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    cp + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("create ordered consumer from %d: %w", cp+1, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * p.batchSize))
+	if err != nil {
+		return fmt.Errorf("consume from %d: %w", cp+1, err)
+	}
+	defer it.Stop()
+
+	// A reader goroutine feeds a channel so that the loop below can take everything already
+	// delivered as one batch without waiting for more.
+	msgs := make(chan jetstream.Msg, p.batchSize)
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			m, err := it.Next()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-done:
+				return
+			}
+		}
+	}()
+
+	p.setState(true, nil)
+	for {
+		var batch []jetstream.Msg
+		select {
+		case m := <-msgs:
+			batch = append(batch, m)
+		case err := <-errc:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read stream: %w", err)
+		case <-ctx.Done():
+			return nil
+		}
+	fill:
+		for len(batch) < p.batchSize {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		// The batch in hand is finished even when shutdown has begun.
+		if err := p.applyBatch(context.WithoutCancel(ctx), batch); err != nil {
+			return err
+		}
+	}
+}
+
+// applyBatch applies msgs in one transaction with the checkpoint, then tells waiters.
+func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	events := make([]domain.Event, 0, len(msgs))
+	for _, m := range msgs {
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("metadata of delivered message: %w", err)
+		}
+		e, err := domain.DecodeEvent(m.Data())
+		if err != nil {
+			// Only chatd appends to the stream, and it validates what it appends; an event it
+			// cannot read is logged loudly and skipped rather than stopping every conversation.
+			p.log.Error("skipping undecodable event", "seq", meta.Sequence.Stream, "subject", m.Subject(), "err", err)
+			e = domain.Event{Type: "undecodable"}
+		}
+		e.Seq = meta.Sequence.Stream
+		events = append(events, e)
+	}
+
+	tx, err := p.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin projector transaction: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	var cp uint64
+	// FOR UPDATE serialises projectors of the same name: a second one waits, then sees the
+	// advanced checkpoint and skips what the first applied.
+	if err := tx.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp); err != nil {
+		return fmt.Errorf("lock checkpoint %s: %w", p.name, err)
+	}
+	b := &pgx.Batch{}
+	var applied []domain.Event
+	last := cp
+	for _, e := range events {
+		if e.Seq <= cp {
+			continue // applied before: a restart or another projector got here first
+		}
+		for _, m := range p.models {
+			if err := m.apply(b, e); err != nil {
+				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
+			}
+		}
+		applied = append(applied, e)
+		last = e.Seq
+	}
+	if last > cp {
+		b.Queue(`UPDATE projector_checkpoints SET seq = $2, updated_at = now() WHERE name = $1`, p.name, last)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("apply events %d..%d: %w", cp+1, last, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit events %d..%d: %w", cp+1, last, err)
+	}
+	p.advance(max(last, events[len(events)-1].Seq))
+	if p.AfterCommit != nil && len(applied) > 0 {
+		p.AfterCommit(ctx, applied)
+	}
+	return nil
+}
+
+func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
+	_, err := p.pool.Exec(ctx, `INSERT INTO projector_checkpoints (name, seq, updated_at) VALUES ($1, 0, now())
+		ON CONFLICT (name) DO NOTHING`, p.name)
+	if err != nil {
+		return 0, fmt.Errorf("create checkpoint %s: %w", p.name, err)
+	}
+	var seq uint64
+	if err := p.pool.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1`, p.name).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("read checkpoint %s: %w", p.name, err)
+	}
+	return seq, nil
+}
+
+func (p *Projector) advance(seq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if seq <= p.pos.Load() {
+		return
+	}
+	p.pos.Store(seq)
+	close(p.moved)
+	p.moved = make(chan struct{})
+}
+
+func (p *Projector) setState(running bool, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.running, p.lastErr = running, err
+}
+
+// Position is the stream sequence up to which the read models are known to be complete.
+func (p *Projector) Position() uint64 { return p.pos.Load() }
+
+// Healthy returns nil while the projector is consuming, or why it is not.
+func (p *Projector) Healthy() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running {
+		return nil
+	}
+	if p.lastErr != nil {
+		return p.lastErr
+	}
+	return errors.New("projector not started")
+}
+
+// WaitFor blocks until the read models hold every event up to seq, or ctx ends (guarantee 9).
+func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		p.mu.Lock()
+		moved := p.moved
+		p.mu.Unlock()
+		if p.pos.Load() >= seq {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

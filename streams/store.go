@@ -1,0 +1,471 @@
+package streams
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Store is the command side. It derives the state a decision needs from the stream itself (the
+// last event on a subject, read with a direct get), lets the domain decide, and appends the
+// resulting event with an expectation on that state:
+//
+//   - A conversation's state is the last event on its meta subject. Every append that depends on
+//     membership expects that subject's last sequence to be unchanged, so a removal that races a
+//     send makes the send fail and be decided again (guarantee 3).
+//   - A message has its own subject, named after its id, which is derived from the sender's
+//     client_msg_id. A retried send finds the first event on that subject, at any later time;
+//     concurrent retries are caught by Nats-Msg-Id (guarantee 4).
+//
+// Nothing here touches PostgreSQL, so writes keep working while it is down (guarantee 2).
+type Store struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	limits domain.Limits
+	now    func() time.Time
+
+	// convs caches conversation state by id. A stale entry is harmless: appends carry the
+	// sequence the decision was based on, and a refused append or decision reloads the state.
+	convs *lru.Cache[string, cachedConversation]
+	// users remembers users known to exist; users are never deleted, so it never goes stale.
+	users *lru.Cache[string, struct{}]
+}
+
+type cachedConversation struct {
+	conv domain.Conversation
+	seq  uint64 // stream sequence of the meta event the state comes from
+}
+
+// maxAttempts bounds how often a command is decided again after a conflicting append.
+const maxAttempts = 8
+
+// NewStore returns a Store appending to stream.
+func NewStore(js jetstream.JetStream, stream jetstream.Stream, limits domain.Limits) *Store {
+	convs, _ := lru.New[string, cachedConversation](100_000) // only errs on size <= 0
+	users, _ := lru.New[string, struct{}](100_000)
+	return &Store{js: js, stream: stream, limits: limits, now: time.Now, convs: convs, users: users}
+}
+
+// Limits returns the limits the store decides with.
+func (s *Store) Limits() domain.Limits { return s.limits }
+
+// ProvisionUser creates or updates a user. created reports whether the user is new; seq is the
+// stream sequence of the user's latest event.
+func (s *Store) ProvisionUser(ctx context.Context, id, displayName string) (u domain.User, created bool, seq uint64, err error) {
+	if err := domain.ValidUserID(id); err != nil {
+		return domain.User{}, false, 0, err
+	}
+	for range maxAttempts {
+		current, curSeq, err := s.lastEvent(ctx, userSubject(id))
+		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return domain.User{}, false, 0, err
+		}
+		var cur *domain.User
+		if err == nil {
+			d, err := domain.DecodeData[domain.UserData](current)
+			if err != nil {
+				return domain.User{}, false, 0, err
+			}
+			cur = &domain.User{ID: d.UserID, DisplayName: d.DisplayName, UpdatedAt: current.Time}
+		}
+		e, err := domain.ProvisionUser(cur, id, displayName, s.limits, s.now())
+		if err != nil {
+			return domain.User{}, false, 0, err
+		}
+		if e == nil {
+			return *cur, false, curSeq, nil
+		}
+		ack, err := s.append(ctx, *e, jetstream.WithExpectLastSequencePerSubject(curSeq))
+		if isWrongLastSequence(err) {
+			continue
+		}
+		if err != nil {
+			return domain.User{}, false, 0, err
+		}
+		s.users.Add(id, struct{}{})
+		return domain.User{ID: id, DisplayName: displayName, UpdatedAt: e.Time}, cur == nil, ack.Sequence, nil
+	}
+	return domain.User{}, false, 0, errBusy("user " + id)
+}
+
+// UserExists reports whether the host provisioned id. It answers from the stream.
+func (s *Store) UserExists(ctx context.Context, id string) (bool, error) {
+	if domain.ValidUserID(id) != nil {
+		return false, nil
+	}
+	if s.users.Contains(id) {
+		return true, nil
+	}
+	_, _, err := s.lastEvent(ctx, userSubject(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.users.Add(id, struct{}{})
+	return true, nil
+}
+
+func (s *Store) requireUsers(ctx context.Context, ids []string) error {
+	for _, id := range ids {
+		ok, err := s.UserExists(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return domain.Errorf(domain.CodeInvalid, "unknown user %q: the host site has not provisioned it", id)
+		}
+	}
+	return nil
+}
+
+// CreateConversation creates a direct conversation or a group. Asking again for a direct
+// conversation that exists returns it with created false.
+func (s *Store) CreateConversation(ctx context.Context, actor, kind, title string, members []string) (c domain.Conversation, created bool, seq uint64, err error) {
+	var e domain.Event
+	switch kind {
+	case domain.KindDirect:
+		if title != "" {
+			return c, false, 0, domain.Errorf(domain.CodeInvalid, "a direct conversation has no title")
+		}
+		e, err = domain.CreateDirect(actor, members, s.now())
+	case domain.KindGroup:
+		e, err = domain.CreateGroup(actor, title, members, s.limits, s.now())
+	default:
+		return c, false, 0, domain.Errorf(domain.CodeInvalid, `kind must be "direct" or "group"`)
+	}
+	if err != nil {
+		return c, false, 0, err
+	}
+	c, err = domain.ConversationOf(e)
+	if err != nil {
+		return c, false, 0, err
+	}
+	if err := s.requireUsers(ctx, c.Members); err != nil {
+		return c, false, 0, err
+	}
+	// Expecting an empty subject makes creation atomic: of two concurrent requests for the same
+	// direct conversation exactly one appends, and the other finds its result.
+	ack, err := s.append(ctx, e, jetstream.WithExpectLastSequencePerSubject(0))
+	if isWrongLastSequence(err) {
+		existing, seq, err := s.Conversation(ctx, c.ID)
+		if err != nil {
+			return c, false, 0, err
+		}
+		return existing, false, seq, nil
+	}
+	if err != nil {
+		return c, false, 0, err
+	}
+	s.convs.Add(c.ID, cachedConversation{conv: c, seq: ack.Sequence})
+	return c, true, ack.Sequence, nil
+}
+
+// Conversation returns the current state of a conversation from the stream and the sequence of
+// the event it comes from. It does not check membership: callers decide.
+func (s *Store) Conversation(ctx context.Context, id string) (domain.Conversation, uint64, error) {
+	return s.conversation(ctx, id, false)
+}
+
+func (s *Store) conversation(ctx context.Context, id string, fresh bool) (domain.Conversation, uint64, error) {
+	if !domain.ValidConversationID(id) {
+		return domain.Conversation{}, 0, domain.Errorf(domain.CodeNotFound, "conversation not found")
+	}
+	if !fresh {
+		if c, ok := s.convs.Get(id); ok {
+			return c.conv, c.seq, nil
+		}
+	}
+	e, seq, err := s.lastEvent(ctx, metaSubject(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return domain.Conversation{}, 0, domain.Errorf(domain.CodeNotFound, "conversation not found")
+	}
+	if err != nil {
+		return domain.Conversation{}, 0, err
+	}
+	c, err := domain.ConversationOf(e)
+	if err != nil {
+		return domain.Conversation{}, 0, err
+	}
+	s.convs.Add(id, cachedConversation{conv: c, seq: seq})
+	return c, seq, nil
+}
+
+// decideOnConversation runs decide against the conversation's state and appends the event it
+// returns, expecting the conversation's meta subject to be unchanged since the state was read.
+// A refused append, or a decision refused on cached state, is decided again on fresh state.
+// decide returns a nil event when there is nothing to append.
+func (s *Store) decideOnConversation(ctx context.Context, convID string, decide func(domain.Conversation) (*domain.Event, error), opts ...jetstream.PublishOpt) (*domain.Event, uint64, error) {
+	fresh := false
+	for range maxAttempts {
+		c, metaSeq, err := s.conversation(ctx, convID, fresh)
+		if err != nil {
+			return nil, 0, err
+		}
+		e, err := decide(c)
+		if err != nil {
+			if !fresh {
+				fresh = true // the cache may be behind another node's change: decide on fresh state
+				continue
+			}
+			return nil, 0, err
+		}
+		if e == nil {
+			return nil, metaSeq, nil
+		}
+		ack, err := s.append(ctx, *e, append(opts, jetstream.WithExpectLastSequenceForSubject(metaSeq, metaSubject(convID)))...)
+		if isWrongLastSequence(err) {
+			s.convs.Remove(convID)
+			fresh = true
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		if e.Type == domain.TypeMemberJoined || e.Type == domain.TypeMemberLeft {
+			if after, err := domain.ConversationOf(*e); err == nil {
+				s.convs.Add(convID, cachedConversation{conv: after, seq: ack.Sequence})
+			}
+		}
+		e.Seq = ack.Sequence
+		if ack.Duplicate {
+			return e, ack.Sequence, errDuplicate
+		}
+		return e, ack.Sequence, nil
+	}
+	return nil, 0, errBusy("conversation " + convID)
+}
+
+// errDuplicate reports that JetStream recognised an append as a retry (Nats-Msg-Id).
+var errDuplicate = errors.New("duplicate append")
+
+// AddMember adds user to a group. seq is the sequence of the member.joined event, or of the
+// conversation's current state when user was a member already.
+func (s *Store) AddMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error) {
+	if err := s.requireUsers(ctx, []string{user}); err != nil {
+		return domain.Conversation{}, 0, err
+	}
+	e, seq, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+		return domain.AddMember(c, actor, user, s.limits, s.now())
+	})
+	if err != nil {
+		return domain.Conversation{}, 0, err
+	}
+	if e == nil {
+		c, seq, err := s.Conversation(ctx, convID)
+		return c, seq, err
+	}
+	c, err := domain.ConversationOf(*e)
+	return c, seq, err
+}
+
+// RemoveMember removes user from a group: a member leaving, or the creator removing them.
+func (s *Store) RemoveMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error) {
+	e, seq, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+		e, err := domain.RemoveMember(c, actor, user, s.now())
+		return &e, err
+	})
+	if err != nil {
+		return domain.Conversation{}, 0, err
+	}
+	c, err := domain.ConversationOf(*e)
+	return c, seq, err
+}
+
+// SendMessage appends a message unless the sender already sent one with this clientMsgID to
+// this conversation, in which case it returns that one with created false.
+func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, body string) (m domain.Message, created bool, err error) {
+	if err := domain.ValidClientMsgID(clientMsgID); err != nil {
+		return m, false, err
+	}
+	msgID := domain.MessageID(convID, actor, clientMsgID)
+	if !domain.ValidConversationID(convID) {
+		return m, false, domain.Errorf(domain.CodeNotFound, "conversation not found")
+	}
+	// A retry at any later time: the message's own subject already holds it.
+	if m, err := s.firstMessageEvent(ctx, msgID); err == nil {
+		return m, false, nil
+	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return m, false, err
+	}
+	e, _, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+		e, err := domain.SendMessage(c, actor, clientMsgID, body, s.limits, s.now())
+		return &e, err
+	}, jetstream.WithMsgID(msgID))
+	if errors.Is(err, errDuplicate) {
+		// A concurrent retry won the race; answer with what it stored.
+		stored, err := s.eventAt(ctx, e.Seq)
+		if err != nil {
+			return m, false, err
+		}
+		m, err := domain.MessageOf(stored)
+		return m, false, err
+	}
+	if err != nil {
+		return m, false, err
+	}
+	m, err = domain.MessageOf(*e)
+	return m, true, err
+}
+
+// Message returns a message's current state from the stream: its first event, changed by its
+// last. It also returns the sequence of that last event, which an edit or delete expects.
+func (s *Store) Message(ctx context.Context, msgID string) (domain.Message, uint64, error) {
+	first, err := s.firstMessageEvent(ctx, msgID)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return first, 0, domain.Errorf(domain.CodeNotFound, "message not found")
+	}
+	if err != nil {
+		return first, 0, err
+	}
+	subject, _ := messageSubject(msgID)
+	last, lastSeq, err := s.lastEvent(ctx, subject)
+	if err != nil {
+		return first, 0, err
+	}
+	if lastSeq == first.Seq {
+		return first, lastSeq, nil
+	}
+	m, err := domain.ApplyMessage(first, last)
+	return m, lastSeq, err
+}
+
+// EditMessage replaces the body of the actor's own message.
+func (s *Store) EditMessage(ctx context.Context, actor, msgID, body string) (domain.Message, uint64, error) {
+	return s.changeMessage(ctx, actor, msgID, func(c domain.Conversation, m domain.Message) (domain.Event, error) {
+		return domain.EditMessage(c, m, actor, body, s.limits, s.now())
+	})
+}
+
+// DeleteMessage deletes a message (its author, or the group's creator).
+func (s *Store) DeleteMessage(ctx context.Context, actor, msgID string) (domain.Message, uint64, error) {
+	return s.changeMessage(ctx, actor, msgID, func(c domain.Conversation, m domain.Message) (domain.Event, error) {
+		return domain.DeleteMessage(c, m, actor, s.now())
+	})
+}
+
+// changeMessage decides an edit or delete and appends it expecting the message's subject to be
+// unchanged, so an edit can never resurrect a message deleted in the meantime.
+func (s *Store) changeMessage(ctx context.Context, actor, msgID string, decide func(domain.Conversation, domain.Message) (domain.Event, error)) (domain.Message, uint64, error) {
+	convID, _, err := domain.SplitMessageID(msgID)
+	if err != nil {
+		return domain.Message{}, 0, err
+	}
+	for range maxAttempts {
+		m, lastSeq, err := s.Message(ctx, msgID)
+		if err != nil {
+			return m, 0, err
+		}
+		c, _, err := s.conversation(ctx, convID, true)
+		if err != nil {
+			return m, 0, err
+		}
+		e, err := decide(c, m)
+		if err != nil {
+			return m, 0, err
+		}
+		ack, err := s.append(ctx, e, jetstream.WithExpectLastSequencePerSubject(lastSeq))
+		if isWrongLastSequence(err) {
+			continue
+		}
+		if err != nil {
+			return m, 0, err
+		}
+		m, err = domain.ApplyMessage(m, e)
+		return m, ack.Sequence, err
+	}
+	return domain.Message{}, 0, errBusy("message " + msgID)
+}
+
+// MarkRead moves the actor's read marker in a conversation.
+func (s *Store) MarkRead(ctx context.Context, actor, convID string, seq uint64) (uint64, error) {
+	_, evSeq, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+		e, err := domain.MarkRead(c, actor, seq, s.now())
+		return &e, err
+	})
+	return evSeq, err
+}
+
+func (s *Store) firstMessageEvent(ctx context.Context, msgID string) (domain.Message, error) {
+	subject, err := messageSubject(msgID)
+	if err != nil {
+		return domain.Message{}, err
+	}
+	raw, err := s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
+	if err != nil {
+		return domain.Message{}, wrapLookup(err, subject)
+	}
+	e, err := decodeRaw(raw)
+	if err != nil {
+		return domain.Message{}, err
+	}
+	return domain.MessageOf(e)
+}
+
+func (s *Store) lastEvent(ctx context.Context, subject string) (domain.Event, uint64, error) {
+	raw, err := s.stream.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		return domain.Event{}, 0, wrapLookup(err, subject)
+	}
+	e, err := decodeRaw(raw)
+	return e, raw.Sequence, err
+}
+
+func (s *Store) eventAt(ctx context.Context, seq uint64) (domain.Event, error) {
+	raw, err := s.stream.GetMsg(ctx, seq)
+	if err != nil {
+		return domain.Event{}, wrapLookup(err, fmt.Sprintf("sequence %d", seq))
+	}
+	return decodeRaw(raw)
+}
+
+func decodeRaw(raw *jetstream.RawStreamMsg) (domain.Event, error) {
+	e, err := domain.DecodeEvent(raw.Data)
+	if err != nil {
+		return e, fmt.Errorf("event at sequence %d: %w", raw.Sequence, err)
+	}
+	e.Seq = raw.Sequence
+	return e, nil
+}
+
+// wrapLookup keeps ErrMsgNotFound recognisable and turns every other failure into
+// "unavailable": the caller may retry once NATS is back.
+func wrapLookup(err error, what string) error {
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	return domain.Unavailable("the event stream is unavailable", fmt.Errorf("read %s: %w", what, err))
+}
+
+// append publishes e to its subject and waits for the stream's acknowledgement: only then is
+// the event durable and the API may answer 2xx (guarantee 1).
+func (s *Store) append(ctx context.Context, e domain.Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	subject, err := Subject(e)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s event: %w", e.Type, err)
+	}
+	opts = append([]jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(StreamName)}, opts...)
+	ack, err := s.js.Publish(ctx, subject, data, opts...)
+	if err != nil {
+		if isWrongLastSequence(err) {
+			return nil, err
+		}
+		return nil, domain.Unavailable("the event stream is unavailable", fmt.Errorf("append %s to %s: %w", e.Type, subject, err))
+	}
+	return ack, nil
+}
+
+func errBusy(what string) error {
+	return domain.Errorf(domain.CodeConflict, "%s changed too often while deciding; try again", what)
+}
