@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+const (
+	testServiceKey = "test-service-key-0123456789abcdef0123"
+	testJWTSecret  = "test-jwt-secret-0123456789abcdef012345"
+)
+
+// instance is a chatd started by run() on port 0, as main would start it.
+type instance struct {
+	t      *testing.T
+	url    string
+	cancel context.CancelFunc
+	done   chan error
+	out    *lockedBuffer
+	once   sync.Once
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// baseEnv is a configuration for tests: port 0 everywhere, a private data directory.
+func baseEnv(t *testing.T) map[string]string {
+	return map[string]string{
+		"CHAT_ADDR":        "127.0.0.1:0",
+		"CHAT_NATS_LISTEN": "127.0.0.1:0",
+		"CHAT_DATA_DIR":    t.TempDir(),
+		"CHAT_SERVICE_KEY": testServiceKey,
+		"CHAT_JWT_SECRET":  testJWTSecret,
+		"CHAT_LOG_LEVEL":   "warn",
+	}
+}
+
+// start runs chatd with env and waits until it listens. It is stopped in Cleanup (or by stop).
+func start(t *testing.T, env map[string]string, args ...string) *instance {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	in := &instance{t: t, cancel: cancel, done: make(chan error, 1), out: &lockedBuffer{}}
+	go func() {
+		err := run(ctx, args, func(k string) string { return env[k] }, pw, in.out)
+		pw.CloseWithError(fmt.Errorf("chatd exited: %v", err))
+		in.done <- err
+	}()
+	urls := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if u, ok := strings.CutPrefix(sc.Text(), "chatd listening on "); ok {
+				urls <- u
+			}
+		}
+		close(urls)
+	}()
+	select {
+	case u, ok := <-urls:
+		if !ok {
+			t.Fatalf("chatd did not start: %v\n%s", <-in.done, in.out)
+		}
+		in.url = u
+	case <-time.After(90 * time.Second):
+		t.Fatalf("chatd did not listen within 90s\n%s", in.out)
+	}
+	t.Cleanup(in.stop)
+	return in
+}
+
+// stop shuts chatd down as SIGTERM would and waits for run to return.
+func (in *instance) stop() {
+	in.once.Do(func() {
+		in.cancel()
+		select {
+		case err := <-in.done:
+			if err != nil {
+				in.t.Errorf("chatd exited with %v\n%s", err, in.out)
+			}
+		case <-time.After(60 * time.Second):
+			in.t.Errorf("chatd did not stop within 60s")
+		}
+	})
+}
+
+// response is a decoded API answer.
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    []byte
+}
+
+func (r response) str(key string) string {
+	s, _ := r.body[key].(string)
+	return s
+}
+
+func (r response) num(key string) uint64 {
+	f, _ := r.body[key].(float64)
+	return uint64(f)
+}
+
+func (r response) list(key string) []map[string]any {
+	items, _ := r.body[key].([]any)
+	out := make([]map[string]any, len(items))
+	for i, it := range items {
+		out[i], _ = it.(map[string]any)
+	}
+	return out
+}
+
+func (r response) errCode() string {
+	e, _ := r.body["error"].(map[string]any)
+	s, _ := e["code"].(string)
+	return s
+}
+
+// do sends a request with a Bearer credential (none when empty). body may be a string (sent as
+// is), nil, or a value encoded as JSON.
+func (in *instance) do(method, path, bearer string, body any) response {
+	in.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			in.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, in.url+path, rd)
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		in.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, raw: raw}
+	_ = json.Unmarshal(raw, &r.body)
+	return r
+}
+
+// must is do that fails the test unless the status is want.
+func (in *instance) must(want int, method, path, bearer string, body any) response {
+	in.t.Helper()
+	r := in.do(method, path, bearer, body)
+	if r.status != want {
+		in.t.Fatalf("%s %s: status %d, want %d: %s", method, path, r.status, want, r.raw)
+	}
+	return r
+}
+
+func (in *instance) provision(id, name string) {
+	in.t.Helper()
+	r := in.do("PUT", "/api/v1/users/"+id, testServiceKey, map[string]string{"display_name": name})
+	if r.status != 200 && r.status != 201 {
+		in.t.Fatalf("provision %s: %d %s", id, r.status, r.raw)
+	}
+}
+
+func (in *instance) token(user string) string {
+	in.t.Helper()
+	return in.must(201, "POST", "/api/v1/tokens", testServiceKey, map[string]any{"user_id": user, "ttl_seconds": 600}).str("token")
+}
+
+// eventually polls f until it returns nil or the deadline passes.
+func eventually(t *testing.T, within time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %v", within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// reachableTempDir is a temporary directory that the user PostgreSQL runs as can enter (a
+// t.TempDir() is 0700 and owned by root when tests run as root).
+func reachableTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "chatd-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}

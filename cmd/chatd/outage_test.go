@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/api"
+	"github.com/chatd-dev/chatd/internal/pgtest"
+)
+
+// Sending needs NATS only: with PostgreSQL stopped, sends answer 201, reads answer 503, and
+// once PostgreSQL is back the projector catches up by itself.
+func TestSendWhilePostgresIsDown(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
+	ctx := context.Background()
+	if err := cluster.EnsureDatabase(ctx, "chatd"); err != nil {
+		t.Fatal(err)
+	}
+	env := baseEnv(t)
+	env["DATABASE_URL"] = cluster.URL("chatd")
+	c := start(t, env)
+	c.provision("alice", "Alice")
+	c.provision("bob", "Bob")
+	alice := c.token("alice")
+	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	path := "/api/v1/conversations/" + d.str("id") + "/messages"
+	c.must(200, "GET", path+"?min_seq="+d.header.Get("X-Chat-Seq"), alice, nil)
+
+	if err := cluster.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	for i := range 5 {
+		m := c.must(201, "POST", path, alice, map[string]string{"client_msg_id": fmt.Sprint("down-", i), "body": "while the database sleeps"})
+		last = m.header.Get("X-Chat-Seq")
+	}
+	r := c.do("GET", path, alice, nil)
+	if r.status != 503 || r.errCode() != "unavailable" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("read with PostgreSQL down: %d %s", r.status, r.raw)
+	}
+	if r := c.do("GET", "/readyz", "", nil); r.status != 503 || !strings.Contains(string(r.raw), "postgres") {
+		t.Fatalf("readyz with PostgreSQL down: %d %s", r.status, r.raw)
+	}
+
+	if err := cluster.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		r := c.do("GET", path+"?min_seq="+last, alice, nil)
+		if r.status != 200 {
+			return fmt.Errorf("status %d %s", r.status, r.raw)
+		}
+		if n := len(r.list("messages")); n != 5 {
+			return fmt.Errorf("%d messages, want 5", n)
+		}
+		return nil
+	})
+}
+
+// The README's first command: no DATABASE_URL, no secrets. chatd starts its own PostgreSQL and
+// NATS under the data directory, generates its secrets, and a second start finds it all again.
+func TestEmbeddedDefaults(t *testing.T) {
+	dataDir := filepath.Join(reachableTempDir(t), "data")
+	env := map[string]string{
+		"CHAT_ADDR":        "127.0.0.1:0",
+		"CHAT_NATS_LISTEN": "127.0.0.1:0",
+		"CHAT_DATA_DIR":    dataDir,
+		"CHAT_LOG_LEVEL":   "warn",
+	}
+	c := start(t, env)
+	keyFile := filepath.Join(dataDir, "service-key")
+	info, err := os.Stat(keyFile)
+	if err != nil {
+		t.Fatalf("service key not generated: %v", err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("service key mode %v, want 0600", info.Mode().Perm())
+	}
+	key := strings.TrimSpace(string(must(os.ReadFile(keyFile))))
+	c.must(201, "PUT", "/api/v1/users/alice", key, map[string]string{"display_name": "Alice"})
+	c.must(201, "PUT", "/api/v1/users/bob", key, map[string]string{"display_name": "Bob"})
+	alice := c.must(201, "POST", "/api/v1/tokens", key, map[string]any{"user_id": "alice", "ttl_seconds": 600}).str("token")
+	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	m := c.must(201, "POST", "/api/v1/conversations/"+d.str("id")+"/messages", alice, map[string]string{"client_msg_id": "x", "body": "persisted"})
+	c.stop()
+
+	// chatd token signs with the generated secret.
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"token", "--user", "alice", "--ttl", "10m"}, func(k string) string { return env[k] }, &out, &out); err != nil {
+		t.Fatalf("chatd token: %v", err)
+	}
+	secret := strings.TrimSpace(string(must(os.ReadFile(filepath.Join(dataDir, "jwt-secret")))))
+	auth, err := api.NewAuth(key, secret, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user, err := auth.Verify(strings.TrimSpace(out.String())); err != nil || user != "alice" {
+		t.Fatalf("token from chatd token: user %q, err %v", user, err)
+	}
+	// chatd migrate is idempotent on the same private cluster.
+	out.Reset()
+	if err := run(context.Background(), []string{"migrate"}, func(k string) string { return env[k] }, &out, &out); err != nil {
+		t.Fatalf("chatd migrate: %v\n%s", err, out.String())
+	}
+
+	c2 := start(t, env)
+	alice = c2.must(201, "POST", "/api/v1/tokens", key, map[string]any{"user_id": "alice", "ttl_seconds": 600}).str("token")
+	r := c2.must(200, "GET", "/api/v1/conversations/"+d.str("id")+"/messages?min_seq="+m.header.Get("X-Chat-Seq"), alice, nil)
+	if msgs := r.list("messages"); len(msgs) != 1 || msgs[0]["body"] != "persisted" {
+		t.Fatalf("after restart: %s", r.raw)
+	}
+	// The retry of a send from before the restart is recognised.
+	c2.must(200, "POST", "/api/v1/conversations/"+d.str("id")+"/messages", alice, map[string]string{"client_msg_id": "x", "body": "persisted"})
+	if _, err := os.Stat(filepath.Join(dataDir, "nats")); err != nil {
+		t.Fatalf("NATS store not under the data directory: %v", err)
+	}
+	pgDirs, _ := filepath.Glob(filepath.Join(dataDir, "postgres", "PG_VERSION"))
+	if len(pgDirs) != 1 {
+		entries, _ := os.ReadDir(dataDir)
+		t.Fatalf("PostgreSQL cluster not under the data directory: %v", names(entries))
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func names(entries []fs.DirEntry) []string {
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}

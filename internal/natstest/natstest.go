@@ -1,0 +1,59 @@
+// Package natstest gives tests a real, in-process NATS server with JetStream on a random port,
+// with its store in a temporary directory.
+package natstest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// RunServer starts a server storing under dir (t.TempDir() when empty) and shuts it down in
+// Cleanup. Passing the same dir to a second server after the first stopped restarts the store.
+func RunServer(tb testing.TB, dir string) *server.Server {
+	tb.Helper()
+	if dir == "" {
+		dir = tb.TempDir()
+	}
+	s, err := streams.RunServer(streams.ServerConfig{StoreDir: dir, Listen: "127.0.0.1:0", SyncInterval: time.Minute})
+	if err != nil {
+		tb.Fatalf("start nats: %v", err)
+	}
+	tb.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s
+}
+
+// Connect connects to s and closes the connection in Cleanup.
+func Connect(tb testing.TB, s *server.Server) *nats.Conn {
+	tb.Helper()
+	nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		tb.Fatalf("connect to nats: %v", err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
+}
+
+// Stream sets up the events stream on nc and returns JetStream and the stream.
+func Stream(tb testing.TB, nc *nats.Conn, cfg streams.Config) (jetstream.JetStream, jetstream.Stream) {
+	tb.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatalf("jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := streams.Setup(ctx, js, cfg)
+	if err != nil {
+		tb.Fatalf("setup stream: %v", err)
+	}
+	return js, st
+}
