@@ -47,6 +47,8 @@ type Projector struct {
 	AfterCommit func(ctx context.Context, events []domain.Event)
 
 	pos     atomic.Uint64 // the read models hold every event up to here
+	batches atomic.Uint64 // committed transactions that applied events
+	applied atomic.Uint64 // events applied
 	mu      sync.Mutex
 	moved   chan struct{} // closed and replaced whenever pos moves
 	lastErr error         // last failure, nil while running well
@@ -213,6 +215,10 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit events %d..%d: %w", cp+1, last, err)
 	}
+	if len(applied) > 0 {
+		p.batches.Add(1)
+		p.applied.Add(uint64(len(applied)))
+	}
 	p.advance(max(last, events[len(events)-1].Seq))
 	if p.AfterCommit != nil && len(applied) > 0 {
 		p.AfterCommit(ctx, applied)
@@ -249,6 +255,9 @@ func (p *Projector) setState(running bool, err error) {
 	defer p.mu.Unlock()
 	p.running, p.lastErr = running, err
 }
+
+// Stats returns how many batches and events this projector has applied since it started.
+func (p *Projector) Stats() (batches, events uint64) { return p.batches.Load(), p.applied.Load() }
 
 // Position is the stream sequence up to which the read models are known to be complete.
 func (p *Projector) Position() uint64 { return p.pos.Load() }

@@ -1,0 +1,192 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/internal/natstest"
+	"github.com/chatd-dev/chatd/internal/pgtest"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+type fixture struct {
+	t      *testing.T
+	ctx    context.Context
+	pool   *pgxpool.Pool
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	store  *streams.Store
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	js, st := natstest.Stream(t, natstest.Connect(t, natstest.RunServer(t, "")), streams.Config{})
+	pool, err := pgxpool.New(ctx, pgtest.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return &fixture{t: t, ctx: ctx, pool: pool, js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
+}
+
+func (f *fixture) projector() *Projector {
+	return NewProjector(f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// run runs p until the test ends.
+func (f *fixture) run(p *Projector) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	f.t.Cleanup(func() { cancel(); <-done })
+}
+
+func (f *fixture) lastSeq() uint64 {
+	info, err := f.stream.Info(f.ctx)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+func (f *fixture) waitFor(p *Projector, seq uint64) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
+	defer cancel()
+	if err := p.WaitFor(ctx, seq); err != nil {
+		f.t.Fatalf("projector at %d, want %d: %v", p.Position(), seq, err)
+	}
+}
+
+func (f *fixture) check(err error) {
+	f.t.Helper()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// A projector that applies a batch which another projector has already applied, and more
+// after it, must change nothing: old events must not overwrite newer state.
+func TestProjectorSkipsWhatWasApplied(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	g, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "club", []string{"bob"})
+	f.check(err)
+	_, _, err = f.store.AddMember(f.ctx, "alice", g.ID, "carol")
+	f.check(err)
+	m, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, "m1", "first")
+	f.check(err)
+	_, _, err = f.store.EditMessage(f.ctx, "alice", m.ID, "edited once")
+	f.check(err)
+	oldBatchEnd := f.lastSeq() // carol joined, the message edited once
+
+	_, _, err = f.store.EditMessage(f.ctx, "alice", m.ID, "edited twice")
+	f.check(err)
+	_, _, err = f.store.RemoveMember(f.ctx, "alice", g.ID, "carol")
+	f.check(err)
+
+	a := f.projector()
+	f.run(a)
+	f.waitFor(a, f.lastSeq())
+
+	// Projector b read the checkpoint before a committed and now holds events 1..oldBatchEnd.
+	b := f.projector()
+	cons, err := f.stream.OrderedConsumer(f.ctx, jetstream.OrderedConsumerConfig{})
+	f.check(err)
+	batch, err := cons.Fetch(int(oldBatchEnd), jetstream.FetchMaxWait(5*time.Second))
+	f.check(err)
+	var msgs []jetstream.Msg
+	for msg := range batch.Messages() {
+		msgs = append(msgs, msg)
+	}
+	if len(msgs) != int(oldBatchEnd) {
+		t.Fatalf("fetched %d events, want %d", len(msgs), oldBatchEnd)
+	}
+	f.check(b.applyBatch(f.ctx, msgs))
+
+	got, err := NewMessages(f.pool).Get(f.ctx, m.ID)
+	f.check(err)
+	if got.Body != "edited twice" {
+		t.Fatalf("body %q after a stale batch, want the newest edit", got.Body)
+	}
+	if ok, err := NewConversations(f.pool).IsMember(f.ctx, "carol", g.ID); err != nil || ok {
+		t.Fatalf("carol is a member again after a stale batch (err %v)", err)
+	}
+	var cp uint64
+	f.check(f.pool.QueryRow(f.ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1`, ProjectorName).Scan(&cp))
+	if cp != f.lastSeq() {
+		t.Fatalf("checkpoint %d, want %d", cp, f.lastSeq())
+	}
+}
+
+// Two projectors running at once (two chatd nodes) apply every event exactly once.
+func TestConcurrentProjectors(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"alice", "bob"} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	d, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindDirect, "", []string{"bob"})
+	f.check(err)
+	a, b := f.projector(), f.projector()
+	f.run(a)
+	f.run(b)
+	var last domain.Message
+	for i := range 300 {
+		last, _, err = f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), fmt.Sprint("message ", i))
+		f.check(err)
+		if i%50 == 0 {
+			_, _, err = f.store.EditMessage(f.ctx, "alice", last.ID, "edited")
+			f.check(err)
+		}
+	}
+	f.waitFor(a, f.lastSeq())
+	f.waitFor(b, f.lastSeq())
+	var n, edited int
+	f.check(f.pool.QueryRow(f.ctx, `SELECT count(*), count(edited_at) FROM messages`).Scan(&n, &edited))
+	if n != 300 || edited != 6 {
+		t.Fatalf("%d messages (%d edited), want 300 (6)", n, edited)
+	}
+	v, err := NewConversations(f.pool).Get(f.ctx, "bob", d.ID)
+	f.check(err)
+	if v.UnreadCount != 300 || v.LastMessage == nil || v.LastMessage.ID != last.ID {
+		t.Fatalf("bob's view: unread %d, last %+v", v.UnreadCount, v.LastMessage)
+	}
+}
+
+// Events that are already in the stream when the projector starts are applied in batches, not
+// one transaction each.
+func TestProjectorBatches(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"alice", "bob"} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	d, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindDirect, "", []string{"bob"})
+	f.check(err)
+	for i := range 1000 {
+		_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
+		f.check(err)
+	}
+	p := f.projector()
+	f.run(p)
+	f.waitFor(p, f.lastSeq())
+	batches, events := p.Stats()
+	if events != f.lastSeq() || batches > 100 {
+		t.Fatalf("%d events in %d batches, want %d events in at most 100 batches", events, batches, f.lastSeq())
+	}
+}
