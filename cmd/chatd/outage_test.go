@@ -13,6 +13,7 @@ import (
 
 	"github.com/chatd-dev/chatd/api"
 	"github.com/chatd-dev/chatd/internal/pgtest"
+	"github.com/jackc/pgx/v5"
 )
 
 // Sending needs NATS only: with PostgreSQL stopped, sends answer 201, reads answer 503, and
@@ -139,6 +140,70 @@ func names(entries []fs.DirEntry) []string {
 	var out []string
 	for _, e := range entries {
 		out = append(out, e.Name())
+	}
+	return out
+}
+
+// The stream is the truth: a fresh, empty database given to chatd is rebuilt from the stream
+// into exactly the read models the first database holds.
+func TestRebuildFromStream(t *testing.T) {
+	env := baseEnv(t)
+	first := pgtest.NewDB(t)
+	env["DATABASE_URL"] = first
+	c := start(t, env)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		c.provision(u, "User "+u)
+	}
+	alice, bob := c.token("alice"), c.token("bob")
+	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	g := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "group", "title": "G", "members": []string{"bob", "carol"}})
+	var ids []string
+	for i := range 30 {
+		conv := d.str("id")
+		if i%3 == 0 {
+			conv = g.str("id")
+		}
+		ids = append(ids, c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", alice, map[string]string{"client_msg_id": fmt.Sprint(i), "body": fmt.Sprint("m", i)}).str("id"))
+	}
+	c.must(200, "PATCH", "/api/v1/messages/"+ids[1], alice, `{"body":"edited"}`)
+	c.must(200, "DELETE", "/api/v1/messages/"+ids[2], alice, nil)
+	c.must(200, "DELETE", "/api/v1/conversations/"+g.str("id")+"/members/carol", alice, nil)
+	last := c.must(200, "POST", "/api/v1/conversations/"+d.str("id")+"/read", bob, map[string]any{"seq": 10}).header.Get("X-Chat-Seq")
+	c.must(200, "GET", "/api/v1/me?min_seq="+last, alice, nil)
+	c.stop()
+
+	second := pgtest.NewDB(t)
+	env["DATABASE_URL"] = second
+	c2 := start(t, env)
+	c2.must(200, "GET", "/api/v1/me?min_seq="+last, alice, nil)
+	c2.stop()
+
+	for _, q := range []string{
+		`SELECT to_jsonb(t)::text FROM users t ORDER BY id`,
+		`SELECT to_jsonb(t)::text FROM conversations t ORDER BY id`,
+		`SELECT to_jsonb(t)::text FROM members t ORDER BY conversation_id, user_id`,
+		`SELECT to_jsonb(t)::text FROM messages t ORDER BY id`,
+		`SELECT seq::text FROM projector_checkpoints`,
+	} {
+		a, b := dump(t, first, q), dump(t, second, q)
+		if strings.Join(a, "\n") != strings.Join(b, "\n") || len(a) == 0 {
+			t.Fatalf("%s differs after rebuild:\nfirst:  %v\nsecond: %v", q, a, b)
+		}
+	}
+}
+
+func dump(t *testing.T, url, query string) []string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, query)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
