@@ -76,25 +76,26 @@ func New(d Deps) *echo.Echo {
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 
+	// Credentials are checked per route, not per group: a group's middleware would also run for
+	// unknown paths and wrong methods, answering 401 where 404 or 405 is the truth.
 	v1 := e.Group("/api/v1")
-	host := v1.Group("", s.requireServiceKey)
-	host.PUT("/users/:user_id", s.putUser)
-	host.POST("/tokens", s.postToken)
+	host, user := s.requireServiceKey, s.requireUser
+	v1.PUT("/users/:user_id", s.putUser, host)
+	v1.POST("/tokens", s.postToken, host)
 
-	user := v1.Group("", s.requireUser)
-	user.GET("/me", s.getMe)
-	user.GET("/users", s.listUsers)
-	user.POST("/conversations", s.postConversation)
-	user.GET("/conversations", s.listConversations)
-	user.GET("/conversations/:id", s.getConversation)
-	user.POST("/conversations/:id/members", s.postMember)
-	user.DELETE("/conversations/:id/members/:user_id", s.deleteMember)
-	user.POST("/conversations/:id/messages", s.postMessage)
-	user.GET("/conversations/:id/messages", s.listMessages)
-	user.POST("/conversations/:id/read", s.postRead)
-	user.GET("/messages/:id", s.getMessage)
-	user.PATCH("/messages/:id", s.patchMessage)
-	user.DELETE("/messages/:id", s.deleteMessage)
+	v1.GET("/me", s.getMe, user)
+	v1.GET("/users", s.listUsers, user)
+	v1.POST("/conversations", s.postConversation, user)
+	v1.GET("/conversations", s.listConversations, user)
+	v1.GET("/conversations/:id", s.getConversation, user)
+	v1.POST("/conversations/:id/members", s.postMember, user)
+	v1.DELETE("/conversations/:id/members/:user_id", s.deleteMember, user)
+	v1.POST("/conversations/:id/messages", s.postMessage, user)
+	v1.GET("/conversations/:id/messages", s.listMessages, user)
+	v1.POST("/conversations/:id/read", s.postRead, user)
+	v1.GET("/messages/:id", s.getMessage, user)
+	v1.PATCH("/messages/:id", s.patchMessage, user)
+	v1.DELETE("/messages/:id", s.deleteMessage, user)
 	return e
 }
 

@@ -48,7 +48,10 @@ func decodeJSON(r io.Reader, max int64, v any) error {
 func jsonProblem(err error) string {
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
-		return fmt.Sprintf("field %q must be %s", typeErr.Field, typeErr.Type)
+		if typeErr.Field == "" {
+			return "the body must be a JSON object"
+		}
+		return fmt.Sprintf("field %q must not be a JSON %s", typeErr.Field, typeErr.Value)
 	}
 	return err.Error()
 }

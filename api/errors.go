@@ -57,15 +57,12 @@ func (s *server) handleError(err error, c echo.Context) {
 		body.Error.Code, body.Error.Message = code, domain.ErrorMessage(err)
 	}
 	switch {
+	case status == http.StatusServiceUnavailable:
+		// A dependency is down or behind: expected during outages, logged once per request.
+		s.Log.Warn("request unavailable", "method", c.Request().Method, "route", c.Path(), "err", err)
+		c.Response().Header().Set("Retry-After", "1")
 	case status >= 500:
 		s.Log.Error("request failed", "method", c.Request().Method, "route", c.Path(), "status", status, "err", err)
-	}
-	if status == http.StatusServiceUnavailable {
-		c.Response().Header().Set("Retry-After", "1")
-	}
-	if c.Request().Method == http.MethodHead {
-		_ = c.NoContent(status)
-		return
 	}
 	_ = c.JSON(status, body)
 }

@@ -55,7 +55,11 @@ func (Conversations) apply(b *pgx.Batch, e domain.Event) error {
 		if err != nil {
 			return err
 		}
-		queueRead(b, e.ConversationID, d.UserID, d.Seq)
+		// A marker beyond the conversation's last message would hide messages still to come.
+		b.Queue(`UPDATE members m SET last_read_seq = LEAST($3, c.last_activity_seq)
+			FROM conversations c
+			WHERE c.id = $1 AND m.conversation_id = $1 AND m.user_id = $2 AND m.last_read_seq < LEAST($3, c.last_activity_seq)`,
+			e.ConversationID, d.UserID, d.Seq)
 	}
 	return nil
 }

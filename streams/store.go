@@ -249,6 +249,13 @@ var errDuplicate = errors.New("duplicate append")
 // AddMember adds user to a group. seq is the sequence of the member.joined event, or of the
 // conversation's current state when user was a member already.
 func (s *Store) AddMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error) {
+	if err := domain.ValidUserID(user); err != nil {
+		return domain.Conversation{}, 0, err
+	}
+	// Outsiders hear "not found" about the conversation before anything about the user.
+	if err := s.requireMember(ctx, convID, actor); err != nil {
+		return domain.Conversation{}, 0, err
+	}
 	if err := s.requireUsers(ctx, []string{user}); err != nil {
 		return domain.Conversation{}, 0, err
 	}
@@ -264,6 +271,20 @@ func (s *Store) AddMember(ctx context.Context, actor, convID, user string) (doma
 	}
 	c, err := domain.ConversationOf(*e)
 	return c, seq, err
+}
+
+// requireMember answers not found unless actor is a member of the conversation now.
+func (s *Store) requireMember(ctx context.Context, convID, actor string) error {
+	for _, fresh := range []bool{false, true} {
+		c, _, err := s.conversation(ctx, convID, fresh)
+		if err != nil {
+			return err
+		}
+		if c.IsMember(actor) {
+			return nil
+		}
+	}
+	return domain.Errorf(domain.CodeNotFound, "conversation not found")
 }
 
 // RemoveMember removes user from a group: a member leaving, or the creator removing them.
@@ -289,10 +310,11 @@ func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, bod
 	if !domain.ValidConversationID(convID) {
 		return m, false, domain.Errorf(domain.CodeNotFound, "conversation not found")
 	}
-	// A retry at any later time: the message's own subject already holds it.
-	if m, err := s.firstMessageEvent(ctx, msgID); err == nil {
+	// A retry at any later time: the message's own subject already holds it. The answer is the
+	// message as it is now (edited or deleted since), never a deleted text.
+	if m, _, err := s.Message(ctx, msgID); err == nil {
 		return m, false, nil
-	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+	} else if domain.ErrorCode(err) != domain.CodeNotFound {
 		return m, false, err
 	}
 	e, _, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {

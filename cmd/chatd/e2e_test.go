@@ -274,6 +274,35 @@ func TestConversationsAndMessages(t *testing.T) {
 	if r := c.do("DELETE", "/api/v1/messages/"+msgID, alice, nil); r.status != 409 {
 		t.Fatalf("second delete: %d, want 409", r.status)
 	}
+	// A late retry of the deleted message's send answers with it as it is now: deleted.
+	if r := c.must(200, "POST", "/api/v1/conversations/"+dID+"/messages", alice, map[string]string{"client_msg_id": "a-19", "body": "message 19"}); r.body["deleted"] != true || r.str("body") != "" {
+		t.Fatalf("retry of a deleted message: %s", r.raw)
+	}
+
+	// A read marker never moves past the conversation's last event, so later messages count.
+	far := c.must(200, "POST", "/api/v1/conversations/"+dID+"/read", bob, map[string]any{"seq": 1 << 40})
+	late := c.must(201, "POST", "/api/v1/conversations/"+dID+"/messages", alice, map[string]string{"client_msg_id": "late", "body": "after the far marker"})
+	conv = c.must(200, "GET", "/api/v1/conversations/"+dID+"?min_seq="+late.header.Get("X-Chat-Seq"), bob, nil)
+	if conv.num("unread_count") != 1 || conv.num("last_read_seq") >= late.num("seq") {
+		t.Fatalf("after a marker at 2^40 (event %s) and one more message: %s", far.header.Get("X-Chat-Seq"), conv.raw)
+	}
+
+	// Unknown paths and wrong methods say so, whatever the credentials.
+	for _, req := range []struct {
+		method, path, bearer string
+		want                 int
+	}{
+		{"GET", "/api/v1/nope", "", 404},
+		{"GET", "/api/v1/tokens", testServiceKey, 405},
+		{"DELETE", "/api/v1/me", alice, 405},
+	} {
+		if r := c.do(req.method, req.path, req.bearer, nil); r.status != req.want {
+			t.Fatalf("%s %s: %d %s, want %d", req.method, req.path, r.status, r.raw, req.want)
+		}
+	}
+	if r := c.do("POST", "/api/v1/conversations/gaaaaaaaaaaaaaaaaaaaaaaaaaa/members", alice, `{"user_id":"ghost"}`); r.status != 404 {
+		t.Fatalf("add to a missing conversation: %d %s", r.status, r.raw)
+	}
 
 	// Groups: members add, the creator removes, members leave.
 	g := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "group", "title": "Chess club", "members": []string{"bob"}})
