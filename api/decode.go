@@ -31,6 +31,9 @@ func decodeJSON(r io.Reader, max int64, v any) error {
 	if !utf8.Valid(body) {
 		return domain.Errorf(domain.CodeInvalid, "the request body is not valid UTF-8")
 	}
+	if bytes.TrimSpace(body)[0] != '{' {
+		return domain.Errorf(domain.CodeInvalid, "malformed JSON: the body must be a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -61,8 +61,9 @@ func TestDecodeJSON(t *testing.T) {
 		{name: "trailing comma", body: `{},`},
 		{name: "wrong type for a field", body: `{"body":42}`, wantMsg: `"body"`},
 		{name: "object for a string field", body: `{"body":{}}`, wantMsg: `"body"`},
-		{name: "array instead of object", body: `[]`},
-		{name: "string instead of object", body: `"hello"`},
+		{name: "array instead of object", body: `[]`, wantMsg: "JSON object"},
+		{name: "string instead of object", body: `"hello"`, wantMsg: "JSON object"},
+		{name: "null instead of object", body: ` null`, wantMsg: "JSON object"},
 		{name: "truncated", body: `{"body":"hi"`},
 		{name: "not JSON", body: `body=hi`},
 	}
@@ -110,10 +111,14 @@ func TestDecodeJSONReadErrors(t *testing.T) {
 	}
 }
 
-// endless is a body that never ends, as a hostile client may send.
+// endless is a body that never ends, as a hostile client may send. So that a decoder that reads
+// it all fails the test rather than hanging it, it gives up after a mebibyte.
 type endless struct{ read int }
 
 func (e *endless) Read(p []byte) (int, error) {
+	if e.read >= 1<<20 {
+		return 0, errors.New("endless: read too much")
+	}
 	for i := range p {
 		p[i] = ' '
 	}

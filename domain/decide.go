@@ -189,9 +189,11 @@ func MarkRead(c Conversation, actor string, seq uint64, now time.Time) (Event, e
 }
 
 func dedupe(ids []string) []string {
+	seen := make(map[string]bool, len(ids))
 	out := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if !slices.Contains(out, id) {
+		if !seen[id] {
+			seen[id] = true
 			out = append(out, id)
 		}
 	}

@@ -9,6 +9,7 @@ package domain
 
 import (
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -96,11 +97,10 @@ func validText(what, s string, max int, required bool) error {
 	return nil
 }
 
+// isBlank reports whether s shows nothing: only white space and zero-width characters.
 func isBlank(s string) bool {
 	for _, r := range s {
-		switch r {
-		case ' ', '\t', '\n', '\r', '\v', '\f', '\u00a0', '\u200b', '\ufeff':
-		default:
+		if !unicode.IsSpace(r) && r != '\u200b' && r != '\u200c' && r != '\u200d' && r != '\u2060' && r != '\ufeff' {
 			return false
 		}
 	}

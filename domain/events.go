@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -104,8 +105,11 @@ func DecodeEvent(b []byte) (Event, error) {
 	if e.V < 1 || e.V > SchemaVersion {
 		return Event{}, fmt.Errorf("decode event %s: unsupported schema version %d", e.ID, e.V)
 	}
-	if e.Type == "" || e.ID == "" || len(e.Data) == 0 {
-		return Event{}, fmt.Errorf("decode event %q: missing type, id or data", e.ID)
+	if e.Type == "" || e.ID == "" || e.Time.IsZero() {
+		return Event{}, fmt.Errorf("decode event %q: missing type, id or time", e.ID)
+	}
+	if d := bytes.TrimLeft(e.Data, " \t\r\n"); len(d) == 0 || d[0] != '{' {
+		return Event{}, fmt.Errorf("decode event %q: data must be a JSON object", e.ID)
 	}
 	return e, nil
 }
