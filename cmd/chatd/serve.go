@@ -40,20 +40,22 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	fmt.Fprintln(stdout, "chatd configuration:")
 	cfg.print(stdout)
 
-	// The order of the deferred closes below is the shutdown order, last first: HTTP stops
-	// accepting, the projector finishes its batch, NATS drains, the pool closes, then the
-	// embedded servers stop.
+	// Everything started is pushed onto closers; at exit they run last first, which is the
+	// shutdown order: HTTP stops accepting, the projector finishes its batch, NATS drains, the
+	// pool closes, then the embedded servers stop.
+	closers := &closers{log: log}
+	defer closers.run()
 	natsConn, stopNATS, err := connectNATS(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer stopNATS()
+	closers.push("nats", stopNATS)
 
 	dbURL, stopPG, err := database(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer stopPG()
+	closers.push("postgres", stopPG)
 	if err := migrate(ctx, dbURL); err != nil {
 		return err
 	}
@@ -61,7 +63,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return fmt.Errorf("connect to PostgreSQL: %w", err)
 	}
-	defer pool.Close()
+	closers.push("pool", pool.Close)
 
 	js, err := jetstream.New(natsConn)
 	if err != nil {
@@ -71,7 +73,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	defer natsConn.Drain() //nolint:errcheck // best effort at exit
+	closers.push("nats drain", func() { drain(natsConn) })
 
 	serviceKey, jwtSecret, err := secrets(cfg, log)
 	if err != nil {
@@ -86,7 +88,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	projCtx, stopProjector := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { projector.Run(projCtx) })
-	defer func() { stopProjector(); wg.Wait() }()
+	closers.push("projector", func() { stopProjector(); wg.Wait() })
 
 	handler := api.New(api.Deps{
 		Commands:      streams.NewStore(js, stream, cfg.Limits),
@@ -130,6 +132,38 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		log.Warn("http shutdown", "err", err)
 	}
 	return nil
+}
+
+// closers runs shutdown steps in reverse order of start, logging how long each took.
+type closers struct {
+	log   *slog.Logger
+	names []string
+	fns   []func()
+}
+
+func (c *closers) push(name string, fn func()) {
+	c.names, c.fns = append(c.names, name), append(c.fns, fn)
+}
+
+func (c *closers) run() {
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		start := time.Now()
+		c.fns[i]()
+		c.log.Debug("stopped", "part", c.names[i], "took", time.Since(start))
+	}
+}
+
+// drain flushes what the connection still has to send and waits (bounded) until it is closed.
+func drain(nc *nats.Conn) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+	}
 }
 
 // displayAddr turns ":8080" into "127.0.0.1:8080"-style text a person can click.
