@@ -26,6 +26,7 @@ type Commands interface {
 	EditMessage(ctx context.Context, actor, msgID, body string) (domain.Message, uint64, error)
 	DeleteMessage(ctx context.Context, actor, msgID string) (domain.Message, uint64, error)
 	MarkRead(ctx context.Context, actor, convID string, seq uint64) (uint64, error)
+	Conversation(ctx context.Context, id string) (domain.Conversation, uint64, error)
 }
 
 // Projector tells how far the read models are; *projections.Projector implements it.
@@ -47,6 +48,9 @@ type Deps struct {
 	Conversations projections.Conversations
 	Messages      projections.Messages
 	Projector     Projector
+	Feed          Feed
+	Hub           *Hub
+	WS            WSConfig
 	Auth          *Auth
 	Checks        []Check
 	Log           *slog.Logger
@@ -65,6 +69,10 @@ func New(d Deps) *echo.Echo {
 	}
 	if d.MaxBodyBytes <= 0 {
 		d.MaxBodyBytes = 64 << 10
+	}
+	d.WS.defaults()
+	if d.Hub == nil {
+		d.Hub = NewHub()
 	}
 	s := &server{Deps: d}
 	e := echo.New()
@@ -96,6 +104,7 @@ func New(d Deps) *echo.Echo {
 	v1.GET("/messages/:id", s.getMessage, user)
 	v1.PATCH("/messages/:id", s.patchMessage, user)
 	v1.DELETE("/messages/:id", s.deleteMessage, user)
+	v1.GET("/ws", s.ws) // authenticates itself: browsers cannot send headers on a WebSocket
 	return e
 }
 

@@ -67,6 +67,15 @@ func (a *Auth) Mint(user string, ttl time.Duration) (string, time.Time, error) {
 // Verify checks a user token and returns the user it names. The algorithm is pinned to HS256
 // (no "none", no key confusion), and an expiry is required.
 func (a *Auth) Verify(token string) (string, error) {
+	user, _, err := a.verify(token)
+	return user, err
+}
+
+// verify also returns when the token expires, for connections that outlive requests.
+func (a *Auth) verify(token string) (string, time.Time, error) {
+	if token == "" {
+		return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "this endpoint needs a user token")
+	}
 	var claims Claims
 	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -77,14 +86,14 @@ func (a *Auth) Verify(token string) (string, error) {
 	)
 	if err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {
-			return "", domain.Errorf(domain.CodeUnauthenticated, "the token has expired")
+			return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "the token has expired")
 		}
-		return "", domain.Errorf(domain.CodeUnauthenticated, "invalid token")
+		return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "invalid token")
 	}
 	if domain.ValidUserID(claims.Subject) != nil {
-		return "", domain.Errorf(domain.CodeUnauthenticated, "the token's subject is not a valid user id")
+		return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "the token's subject is not a valid user id")
 	}
-	return claims.Subject, nil
+	return claims.Subject, claims.ExpiresAt.Time, nil
 }
 
 // validServiceKey compares in constant time.

@@ -210,3 +210,13 @@ func (c Conversations) attachMembers(ctx context.Context, list []ConversationVie
 
 // maxSeq stands for "no upper bound" in keyset pagination (bigint's maximum).
 const maxSeq = uint64(1<<63 - 1)
+
+// IDs returns the ids of the conversations user is a member of.
+func (c Conversations) IDs(ctx context.Context, user string) ([]string, error) {
+	rows, _ := c.pool.Query(ctx, `SELECT conversation_id FROM members WHERE user_id = $1`, user)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, readErr(err, "list conversation ids")
+	}
+	return ids, nil
+}

@@ -42,9 +42,9 @@ type Projector struct {
 	name      string
 	batchSize int
 	models    []readModel
-	// AfterCommit, when set, is called with each committed batch (in stream order), after the
-	// read models hold it: the place for pushes (guarantee 7).
-	AfterCommit func(ctx context.Context, events []domain.Event)
+	// Publish, when set, sends each applied event's frame to its audience's push subjects,
+	// after the transaction that applied it committed (push after commit, guarantee 7).
+	Publish func(subject string, seq uint64, data []byte) error
 
 	pos     atomic.Uint64 // the read models hold every event up to here
 	batches atomic.Uint64 // committed transactions that applied events
@@ -191,6 +191,10 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	if err := tx.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp); err != nil {
 		return fmt.Errorf("lock checkpoint %s: %w", p.name, err)
 	}
+	audience, err := membersOf(ctx, tx, events)
+	if err != nil {
+		return err
+	}
 	b := &pgx.Batch{}
 	var applied []domain.Event
 	last := cp
@@ -220,9 +224,7 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 		p.applied.Add(uint64(len(applied)))
 	}
 	p.advance(max(last, events[len(events)-1].Seq))
-	if p.AfterCommit != nil && len(applied) > 0 {
-		p.AfterCommit(ctx, applied)
-	}
+	p.publish(pushes(audience, applied))
 	return nil
 }
 

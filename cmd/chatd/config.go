@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,9 @@ type Config struct {
 	MinSeqTimeout   time.Duration
 	MaxBodyBytes    int
 	Limits          domain.Limits
+	AllowedOrigins  string
+	WSSendQueue     int
+	WSMaxReplay     int
 	LogLevel        string
 	LogFormat       string
 }
@@ -60,6 +64,9 @@ func (c *Config) settings() []setting {
 		{"max-title-bytes", "CHAT_MAX_TITLE_BYTES", "longest group title", false, (*intValue)(&lim.MaxTitleBytes)},
 		{"max-display-name-bytes", "CHAT_MAX_DISPLAY_NAME_BYTES", "longest display name", false, (*intValue)(&lim.MaxDisplayNameBytes)},
 		{"max-group-members", "CHAT_MAX_GROUP_MEMBERS", "most members of one group", false, (*intValue)(&lim.MaxGroupMembers)},
+		{"allowed-origins", "CHAT_ALLOWED_ORIGINS", "comma-separated origins of host sites that embed the chat (scheme://host[:port])", false, (*stringValue)(&c.AllowedOrigins)},
+		{"ws-send-queue", "CHAT_WS_SEND_QUEUE", "frames queued per WebSocket before the client counts as too slow (closed with 4008)", false, (*intValue)(&c.WSSendQueue)},
+		{"ws-max-replay", "CHAT_WS_MAX_REPLAY", "most events replayed to a resuming WebSocket before resync_required", false, (*intValue)(&c.WSMaxReplay)},
 		{"log-level", "CHAT_LOG_LEVEL", "debug, info, warn or error", false, (*stringValue)(&c.LogLevel)},
 		{"log-format", "CHAT_LOG_FORMAT", "text or json", false, (*stringValue)(&c.LogFormat)},
 	}
@@ -77,6 +84,8 @@ func defaultConfig() Config {
 		MinSeqTimeout:   5 * time.Second,
 		MaxBodyBytes:    64 << 10,
 		Limits:          domain.DefaultLimits,
+		WSSendQueue:     1024,
+		WSMaxReplay:     10_000,
 		LogLevel:        "info",
 		LogFormat:       "text",
 	}
@@ -117,6 +126,9 @@ func (c Config) validate() error {
 	if c.TokenMaxTTL < time.Minute {
 		problems = append(problems, "token max TTL must be at least 1m")
 	}
+	if c.WSSendQueue < 512 || c.WSMaxReplay < 1 {
+		problems = append(problems, "the WebSocket send queue must be at least 512 (one projector batch of 500 events can arrive at once) and max replay positive")
+	}
 	if c.MinSeqTimeout <= 0 || c.MaxBodyBytes < 1024 {
 		problems = append(problems, "min-seq timeout must be positive and max body at least 1024 bytes")
 	}
@@ -135,10 +147,26 @@ func (c Config) validate() error {
 	if c.NATSURL != "" && (c.ServiceKey == "" || c.JWTSecret == "") {
 		problems = append(problems, "with an external NATS (several nodes), set CHAT_SERVICE_KEY and CHAT_JWT_SECRET: every node must share them")
 	}
+	for _, o := range c.origins() {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			problems = append(problems, fmt.Sprintf("allowed origin %q must look like https://host[:port]", o))
+		}
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid configuration: %s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// origins returns the allowed origins as a list.
+func (c Config) origins() []string {
+	var out []string
+	for _, o := range strings.Split(c.AllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // print writes the configuration, secrets masked, one setting a line.

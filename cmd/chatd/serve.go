@@ -85,17 +85,22 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 
 	projector := projections.NewProjector(pool, stream, log)
+	projector.Publish = projections.PublishPush(natsConn)
 	projCtx, stopProjector := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { projector.Run(projCtx) })
 	closers.push("projector", func() { stopProjector(); wg.Wait() })
 
+	hub := api.NewHub()
 	handler := api.New(api.Deps{
 		Commands:      streams.NewStore(js, stream, cfg.Limits),
 		Users:         projections.NewUsers(pool),
 		Conversations: projections.NewConversations(pool),
 		Messages:      projections.NewMessages(pool),
 		Projector:     projector,
+		Feed:          projections.NewFeed(natsConn, stream, pool),
+		Hub:           hub,
+		WS:            api.WSConfig{AllowedOrigins: cfg.origins(), SendQueue: cfg.WSSendQueue, MaxReplay: cfg.WSMaxReplay},
 		Auth:          auth,
 		Log:           log,
 		MinSeqTimeout: cfg.MinSeqTimeout,
@@ -131,6 +136,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("http shutdown", "err", err)
 	}
+	// Hijacked WebSocket connections are not closed by Shutdown: say "going away" to each.
+	hub.CloseAll()
 	return nil
 }
 

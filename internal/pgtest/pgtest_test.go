@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatd-dev/chatd/internal/pgtest"
 )
@@ -55,6 +56,16 @@ func TestNewDB(t *testing.T) {
 	}
 	if len(names) != 2 {
 		t.Fatalf("the two URLs lead to the same database: %v", names)
+	}
+
+	// The code under test opens pools, not single connections.
+	pool, err := pgxpool.New(ctx(t), a)
+	if err != nil {
+		t.Fatalf("pgxpool.New(%s): %v", a, err)
+	}
+	defer pool.Close()
+	if err := pool.Ping(ctx(t)); err != nil {
+		t.Fatal(err)
 	}
 
 	// What one test writes, another does not see.

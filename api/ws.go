@@ -1,0 +1,410 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/projections"
+	"github.com/gorilla/websocket"
+	"github.com/labstack/echo/v4"
+	"golang.org/x/time/rate"
+)
+
+// Feed is the push side as the WebSocket handler uses it; *projections.Feed implements it.
+type Feed interface {
+	Subscribe(user string, deliver func(seq uint64, frame []byte)) (stop func(), err error)
+	Send(user string, frame []byte) error
+	Position(ctx context.Context) (projections.Position, error)
+	Replay(ctx context.Context, user string, conversations []string, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error
+}
+
+// WebSocket close codes beyond the standard ones (4000-4999 are the application's).
+const (
+	CloseTokenExpired = 4001 // the token expired: reconnect with a fresh one
+	CloseTooSlow      = 4008 // the client fell too far behind: reconnect with since
+)
+
+// WSConfig tunes the WebSocket endpoint.
+type WSConfig struct {
+	// AllowedOrigins are the browser origins (scheme://host[:port]) that may connect besides
+	// chatd's own: the host sites that embed the chat.
+	AllowedOrigins []string
+	SendQueue      int           // frames buffered per connection before it counts as too slow
+	MaxReplay      int           // most events replayed on resume before resync_required
+	WriteTimeout   time.Duration // a write that takes longer ends the connection
+	PingInterval   time.Duration // heartbeat; a client silent for two intervals is gone
+}
+
+func (c *WSConfig) defaults() {
+	if c.SendQueue <= 0 {
+		c.SendQueue = 1024
+	}
+	if c.MaxReplay <= 0 {
+		c.MaxReplay = 10_000
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 25 * time.Second
+	}
+}
+
+// Hub knows this node's WebSocket connections, so that shutdown can close them all with "going
+// away" (http.Server.Shutdown does not close hijacked connections).
+type Hub struct {
+	mu     sync.Mutex
+	conns  map[*wsConn]struct{}
+	closed bool
+}
+
+// NewHub returns an empty hub.
+func NewHub() *Hub { return &Hub{conns: map[*wsConn]struct{}{}} }
+
+func (h *Hub) add(c *wsConn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.conns[c] = struct{}{}
+	return true
+}
+
+func (h *Hub) remove(c *wsConn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.conns, c)
+}
+
+// Len is the number of open connections.
+func (h *Hub) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.conns)
+}
+
+// CloseAll closes every connection with 1001 "going away" and refuses new ones, so clients
+// reconnect to another node.
+func (h *Hub) CloseAll() {
+	h.mu.Lock()
+	h.closed = true
+	conns := make([]*wsConn, 0, len(h.conns))
+	for c := range h.conns {
+		conns = append(conns, c)
+	}
+	h.mu.Unlock()
+	for _, c := range conns {
+		c.close(websocket.CloseGoingAway, "server shutting down; reconnect")
+	}
+}
+
+// wsConn is one client connection. Frames reach it from the NATS subscription (live) and from
+// the replay; one writer goroutine sends them, so a slow client only ever fills its own queue.
+type wsConn struct {
+	ws    *websocket.Conn
+	out   chan []byte
+	done  chan struct{}
+	once  sync.Once
+	user  string
+	cfg   *WSConfig
+	wmu   sync.Mutex // serialises control frames with the writer
+	state sync.Mutex // guards live, floor and pending
+	live  bool
+	floor uint64 // live frames at or below this seq were replayed (or predate the client)
+	// pending holds live frames that arrive while the replay runs.
+	pending []pendingFrame
+}
+
+type pendingFrame struct {
+	seq   uint64
+	frame []byte
+}
+
+// deliver takes a live frame from NATS.
+func (c *wsConn) deliver(seq uint64, frame []byte) {
+	c.state.Lock()
+	if !c.live {
+		if len(c.pending) >= c.cfg.SendQueue {
+			c.state.Unlock()
+			c.close(CloseTooSlow, "too far behind; reconnect with since")
+			return
+		}
+		c.pending = append(c.pending, pendingFrame{seq, frame})
+		c.state.Unlock()
+		return
+	}
+	floor := c.floor
+	c.state.Unlock()
+	if seq != 0 && seq <= floor {
+		return
+	}
+	c.enqueue(frame)
+}
+
+// goLive flushes the live frames that arrived during the replay, past floor, and switches to
+// live delivery.
+func (c *wsConn) goLive(floor uint64) {
+	c.state.Lock()
+	defer c.state.Unlock()
+	c.floor, c.live = floor, true
+	for _, p := range c.pending {
+		if p.seq == 0 || p.seq > floor {
+			c.enqueue(p.frame)
+		}
+	}
+	c.pending = nil
+}
+
+// enqueue never blocks: a client whose queue is full is closed and resumes later with since.
+func (c *wsConn) enqueue(frame []byte) {
+	select {
+	case c.out <- frame:
+	case <-c.done:
+	default:
+		c.close(CloseTooSlow, "too far behind; reconnect with since")
+	}
+}
+
+// enqueueWait is for the replay, which may hold more frames than the queue: it waits for the
+// writer instead of treating a full queue as a slow client.
+func (c *wsConn) enqueueWait(ctx context.Context, frame []byte) error {
+	select {
+	case c.out <- frame:
+		return nil
+	case <-c.done:
+		return errors.New("connection closed during replay")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *wsConn) close(code int, reason string) {
+	c.once.Do(func() {
+		c.wmu.Lock()
+		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+		c.wmu.Unlock()
+		close(c.done)
+		_ = c.ws.Close()
+	})
+}
+
+// writer sends queued frames and heartbeats until the connection closes.
+func (c *wsConn) writer() {
+	ping := time.NewTicker(c.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case frame := <-c.out:
+			c.wmu.Lock()
+			_ = c.ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+			err := c.ws.WriteMessage(websocket.TextMessage, frame)
+			c.wmu.Unlock()
+			if err != nil {
+				c.close(websocket.CloseAbnormalClosure, "write failed")
+				return
+			}
+		case <-ping.C:
+			c.wmu.Lock()
+			err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.cfg.WriteTimeout))
+			c.wmu.Unlock()
+			if err != nil {
+				c.close(websocket.CloseAbnormalClosure, "ping failed")
+				return
+			}
+		}
+	}
+}
+
+// controlFrame is a frame chatd makes itself (not an event).
+type controlFrame struct {
+	Type           string `json:"type"`
+	ConversationID string `json:"conversation_id,omitempty"`
+	Data           any    `json:"data,omitempty"`
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // control frames are plain structs
+	}
+	return b
+}
+
+// websocketToken reads the user token: the token query parameter (browsers cannot set headers
+// on a WebSocket) or an Authorization header. Neither is ever logged.
+func websocketToken(c echo.Context) string {
+	if tok, ok := bearer(c); ok {
+		return tok
+	}
+	return c.QueryParam("token")
+}
+
+// checkOrigin allows requests without an Origin (not a browser), from chatd's own origin, and
+// from the configured host sites.
+func (s *server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, o := range s.WS.AllowedOrigins {
+		if strings.EqualFold(strings.TrimRight(o, "/"), origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// ws: GET /api/v1/ws?token=&since=&epoch= — the push channel. See docs/api.md for frames,
+// close codes and the resume contract.
+func (s *server) ws(c echo.Context) error {
+	user, exp, err := s.Auth.verify(websocketToken(c))
+	if err != nil {
+		return err
+	}
+	if !s.checkOrigin(c.Request()) {
+		return domain.Errorf(domain.CodeForbidden, "origin %q may not open the chat", c.Request().Header.Get("Origin"))
+	}
+	since, err := querySeq(c, "since")
+	if err != nil {
+		return err
+	}
+	resume := c.QueryParam("since") != ""
+	upgrader := websocket.Upgrader{CheckOrigin: s.checkOrigin, ReadBufferSize: 1024, WriteBufferSize: 4096}
+	ws, err := upgrader.Upgrade(c.Response(), c.Request(), nil)
+	if err != nil {
+		return nil // the upgrader has answered the client
+	}
+	conn := &wsConn{ws: ws, out: make(chan []byte, s.WS.SendQueue), done: make(chan struct{}), user: user, cfg: &s.WS}
+	if !s.Hub.add(conn) {
+		conn.close(websocket.CloseGoingAway, "server shutting down; reconnect")
+		return nil
+	}
+	defer s.Hub.remove(conn)
+	defer conn.close(websocket.CloseNormalClosure, "")
+	go conn.writer()
+	expiry := time.AfterFunc(time.Until(exp), func() { conn.close(CloseTokenExpired, "token expired; reconnect with a fresh token") })
+	defer expiry.Stop()
+
+	// Subscribe before reading the position: every event committed after the position read
+	// below is pushed after this subscription exists, so nothing falls between replay and live.
+	stop, err := s.Feed.Subscribe(user, conn.deliver)
+	if err != nil {
+		conn.close(websocket.CloseTryAgainLater, "push unavailable; try again")
+		return nil
+	}
+	defer stop()
+	ctx := c.Request().Context()
+	if err := s.startStream(ctx, conn, resume, since, c.QueryParam("epoch")); err != nil {
+		s.Log.Warn("websocket start failed", "err", err)
+		conn.close(websocket.CloseTryAgainLater, "try again")
+		return nil
+	}
+	s.readClient(ctx, conn)
+	return nil
+}
+
+// startStream replays what a resuming client missed (up to the committed position), tells it
+// where it stands (ready), and switches to live frames.
+func (s *server) startStream(ctx context.Context, conn *wsConn, resume bool, since uint64, epoch string) error {
+	pos, err := s.Feed.Position(ctx)
+	if err != nil {
+		return err
+	}
+	resync := func(reason string) {
+		conn.enqueue(mustJSON(controlFrame{Type: "resync_required", Data: map[string]string{"reason": reason}}))
+	}
+	if resume {
+		switch {
+		case epoch != "" && epoch != pos.Epoch:
+			resync("the event stream was recreated since your last seq; reload over REST")
+		case since > pos.Last:
+			resync("since is beyond the end of the event stream (another stream epoch); reload over REST")
+		case pos.First > 1 && since < pos.First-1:
+			resync("events after since are no longer retained; reload over REST")
+		default:
+			convs, err := s.Conversations.IDs(ctx, conn.user)
+			if err != nil {
+				return err
+			}
+			err = s.Feed.Replay(ctx, conn.user, convs, since, pos.Committed, s.WS.MaxReplay, func(_ uint64, frame []byte) error {
+				return conn.enqueueWait(ctx, frame)
+			})
+			if errors.Is(err, projections.ErrTooFarBehind) {
+				resync("too many events to replay; reload over REST")
+			} else if err != nil {
+				return err
+			}
+		}
+	}
+	conn.enqueue(mustJSON(controlFrame{Type: "ready", Data: map[string]any{"epoch": pos.Epoch, "seq": pos.Committed}}))
+	conn.goLive(pos.Committed)
+	return nil
+}
+
+// clientFrame is what a client may send.
+type clientFrame struct {
+	Type           string `json:"type"`
+	ConversationID string `json:"conversation_id"`
+}
+
+// readClient reads client frames (typing) until the connection ends. Pongs keep it alive.
+func (s *server) readClient(ctx context.Context, conn *wsConn) {
+	ws := conn.ws
+	ws.SetReadLimit(4096)
+	deadline := func() { _ = ws.SetReadDeadline(time.Now().Add(2*s.WS.PingInterval + 5*time.Second)) }
+	deadline()
+	ws.SetPongHandler(func(string) error { deadline(); return nil })
+	typing := rate.NewLimiter(rate.Every(time.Second), 3)
+	for {
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		deadline()
+		var f clientFrame
+		if err := json.Unmarshal(data, &f); err != nil {
+			conn.enqueue(mustJSON(controlFrame{Type: "error", Data: map[string]string{"message": "frames must be JSON objects"}}))
+			continue
+		}
+		switch f.Type {
+		case "typing":
+			if typing.Allow() {
+				s.typing(ctx, conn.user, f.ConversationID)
+			}
+		default:
+			conn.enqueue(mustJSON(controlFrame{Type: "error", Data: map[string]string{"message": "unknown frame type " + f.Type}}))
+		}
+	}
+}
+
+// typing tells the other members of a conversation that user is typing. It is ephemeral:
+// never stored, no seq.
+func (s *server) typing(ctx context.Context, user, convID string) {
+	conv, _, err := s.Commands.Conversation(ctx, convID)
+	if err != nil || !conv.IsMember(user) {
+		return
+	}
+	frame := mustJSON(controlFrame{Type: "typing", ConversationID: convID, Data: map[string]string{"user_id": user}})
+	for _, m := range conv.Members {
+		if m != user {
+			_ = s.Feed.Send(m, frame)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Feed is what a WebSocket connection reads: the live pushes for its user (core NATS, published
+// by whichever node's projector applied the event) and, for a resuming client, the events it
+// missed, replayed from the stream.
+type Feed struct {
+	nc     *nats.Conn
+	stream jetstream.Stream
+	pool   *pgxpool.Pool
+}
+
+// NewFeed returns a Feed.
+func NewFeed(nc *nats.Conn, stream jetstream.Stream, pool *pgxpool.Pool) *Feed {
+	return &Feed{nc: nc, stream: stream, pool: pool}
+}
+
+// SeqHeader carries a push's stream sequence in its NATS header, so receivers can order and
+// deduplicate without decoding the frame.
+const SeqHeader = "Chat-Seq"
+
+// PublishPush is the projector's Publish for core NATS.
+func PublishPush(nc *nats.Conn) func(subject string, seq uint64, data []byte) error {
+	return func(subject string, seq uint64, data []byte) error {
+		m := nats.NewMsg(subject)
+		m.Data = data
+		if seq > 0 {
+			m.Header.Set(SeqHeader, strconv.FormatUint(seq, 10))
+		}
+		return nc.PublishMsg(m)
+	}
+}
+
+// Subscribe delivers every push for user (seq 0 for ephemeral frames such as typing) until stop.
+func (f *Feed) Subscribe(user string, deliver func(seq uint64, frame []byte)) (stop func(), err error) {
+	sub, err := f.nc.Subscribe(streams.PushSubject(user), func(m *nats.Msg) {
+		seq, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
+		deliver(seq, m.Data)
+	})
+	if err != nil {
+		return nil, domain.Unavailable("push is unavailable", fmt.Errorf("subscribe to pushes of %s: %w", user, err))
+	}
+	// Make sure the server knows the subscription before the caller reads a position to
+	// replay up to: a push published after that position must reach us.
+	if err := f.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, domain.Unavailable("push is unavailable", fmt.Errorf("flush subscription: %w", err))
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// Send publishes an ephemeral frame (no seq, never stored) to user.
+func (f *Feed) Send(user string, frame []byte) error {
+	return f.nc.Publish(streams.PushSubject(user), frame)
+}
+
+// Position is where a resume can start and end: the stream's epoch (it changes when the stream
+// is recreated, which makes old sequences meaningless), its first and last sequence, and the
+// sequence up to which the read models are committed.
+type Position struct {
+	Epoch     string
+	First     uint64
+	Last      uint64
+	Committed uint64
+}
+
+// Position reads the current position.
+func (f *Feed) Position(ctx context.Context) (Position, error) {
+	info, err := f.stream.Info(ctx)
+	if err != nil {
+		return Position{}, domain.Unavailable("the event stream is unavailable", fmt.Errorf("stream info: %w", err))
+	}
+	var committed uint64
+	err = f.pool.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1`, ProjectorName).Scan(&committed)
+	if err != nil {
+		return Position{}, readErr(err, "read checkpoint")
+	}
+	return Position{
+		Epoch:     strconv.FormatInt(info.Created.UnixNano(), 36),
+		First:     info.State.FirstSeq,
+		Last:      info.State.LastSeq,
+		Committed: committed,
+	}, nil
+}
+
+// ErrTooFarBehind means a replay would exceed its limit: the client must resync over REST.
+var ErrTooFarBehind = errors.New("too many events to replay")
+
+// Replay sends, in stream order, every event after `after` and up to `upTo` in the given
+// conversations that user is told about, as frames. It refuses with ErrTooFarBehind, before
+// sending anything, when more than max events match.
+func (f *Feed) Replay(ctx context.Context, user string, conversations []string, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error {
+	if after >= upTo || len(conversations) == 0 {
+		return nil
+	}
+	filters := make([]string, len(conversations))
+	for i, c := range conversations {
+		filters[i] = "chat.evt.conv." + c + ".>"
+	}
+	cons, err := f.stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		AckPolicy:         jetstream.AckNonePolicy,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       after + 1,
+		FilterSubjects:    filters,
+		InactiveThreshold: time.Minute,
+		MemoryStorage:     true,
+	})
+	if err != nil {
+		return domain.Unavailable("the event stream is unavailable", fmt.Errorf("create replay consumer: %w", err))
+	}
+	defer func() { _ = f.stream.DeleteConsumer(context.WithoutCancel(ctx), cons.CachedInfo().Name) }()
+	pending := cons.CachedInfo().NumPending
+	if pending > uint64(max) {
+		// Pending counts up to the end of the stream; past upTo is a little more than needed.
+		return ErrTooFarBehind
+	}
+	for pending > 0 {
+		batch, err := cons.Fetch(int(min(pending, 500)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return domain.Unavailable("the event stream is unavailable", fmt.Errorf("replay fetch: %w", err))
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			meta, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("replay metadata: %w", err)
+			}
+			pending = meta.NumPending
+			seq := meta.Sequence.Stream
+			if seq > upTo {
+				return nil
+			}
+			if strings.Contains(m.Subject(), ".read.") && !strings.HasSuffix(m.Subject(), ".read."+user) {
+				continue // other members' read markers are theirs
+			}
+			e, err := domain.DecodeEvent(m.Data())
+			if err != nil {
+				continue // the projector logged it; a client cannot use it either
+			}
+			e.Seq = seq
+			frame, err := encodeFrame(e)
+			if err != nil {
+				return err
+			}
+			if err := send(seq, frame); err != nil {
+				return err
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return domain.Unavailable("the event stream is unavailable", fmt.Errorf("replay: %w", err))
+		}
+		if got == 0 {
+			return domain.Unavailable("the event stream is unavailable", errors.New("replay fetched nothing"))
+		}
+	}
+	return nil
+}

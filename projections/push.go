@@ -1,0 +1,155 @@
+package projections
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/jackc/pgx/v5"
+)
+
+// Frame is what a WebSocket client receives about an event: the event itself, with its stream
+// sequence, so that most clients never need a GET. The same frame is built for live pushes and
+// for the replay of a resuming client.
+type Frame struct {
+	Type           string          `json:"type"`
+	Seq            uint64          `json:"seq,omitempty"`
+	ConversationID string          `json:"conversation_id,omitempty"`
+	Actor          string          `json:"actor,omitempty"`
+	Time           *time.Time      `json:"time,omitempty"`
+	Data           json.RawMessage `json:"data,omitempty"`
+}
+
+// FrameOf returns the frame of an event.
+func FrameOf(e domain.Event) Frame {
+	t := e.Time
+	return Frame{Type: e.Type, Seq: e.Seq, ConversationID: e.ConversationID, Actor: e.Actor, Time: &t, Data: e.Data}
+}
+
+func encodeFrame(e domain.Event) ([]byte, error) {
+	b, err := json.Marshal(FrameOf(e))
+	if err != nil {
+		return nil, fmt.Errorf("encode frame of %s at %d: %w", e.Type, e.Seq, err)
+	}
+	return b, nil
+}
+
+// Push is one encoded frame and the users it goes to.
+type Push struct {
+	Seq   uint64
+	Users []string
+	Frame []byte
+}
+
+// Audience tracks who belongs to which conversation while walking events in stream order, and
+// answers who is told about each event. It starts from the members before the first event.
+type Audience map[string][]string
+
+// Of returns the users told about e, and updates the audience with e's membership changes:
+// members hear about their conversation's events, a member who leaves hears about leaving,
+// and read markers go only to their owner (so a user's tabs stay in step).
+func (a Audience) Of(e domain.Event) []string {
+	switch e.Type {
+	case domain.TypeConversationCreated, domain.TypeMemberJoined, domain.TypeMemberLeft:
+		c, err := domain.ConversationOf(e)
+		if err != nil {
+			return nil
+		}
+		before := a[e.ConversationID]
+		a[e.ConversationID] = c.Members
+		if e.Type == domain.TypeMemberLeft {
+			return append(append([]string(nil), c.Members...), leaver(before, c.Members)...)
+		}
+		return c.Members
+	case domain.TypeMessageCreated, domain.TypeMessageEdited, domain.TypeMessageDeleted:
+		return a[e.ConversationID]
+	case domain.TypeReadUpdated:
+		d, err := domain.DecodeData[domain.ReadData](e)
+		if err != nil {
+			return nil
+		}
+		return []string{d.UserID}
+	}
+	return nil
+}
+
+func leaver(before, after []string) []string {
+	var out []string
+	for _, u := range before {
+		found := false
+		for _, v := range after {
+			found = found || u == v
+		}
+		if !found {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// membersOf reads the current members of the conversations of events, inside the projector's
+// transaction: the audience before the batch.
+func membersOf(ctx context.Context, tx pgx.Tx, events []domain.Event) (Audience, error) {
+	var ids []string
+	seen := map[string]bool{}
+	for _, e := range events {
+		if e.ConversationID != "" && !seen[e.ConversationID] {
+			seen[e.ConversationID] = true
+			ids = append(ids, e.ConversationID)
+		}
+	}
+	a := Audience{}
+	if len(ids) == 0 {
+		return a, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT conversation_id, array_agg(user_id ORDER BY user_id) FROM members
+		WHERE conversation_id = ANY($1) GROUP BY conversation_id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read members for pushes: %w", err)
+	}
+	var conv string
+	var users []string
+	_, err = pgx.ForEachRow(rows, []any{&conv, &users}, func() error {
+		a[conv] = users
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read members for pushes: %w", err)
+	}
+	return a, nil
+}
+
+// pushes encodes each event's frame once and names its audience.
+func pushes(a Audience, events []domain.Event) []Push {
+	out := make([]Push, 0, len(events))
+	for _, e := range events {
+		users := a.Of(e)
+		if len(users) == 0 {
+			continue
+		}
+		frame, err := encodeFrame(e)
+		if err != nil {
+			continue // a Frame of a decoded event always marshals
+		}
+		out = append(out, Push{Seq: e.Seq, Users: users, Frame: frame})
+	}
+	return out
+}
+
+// publish sends each push to its users' subjects on core NATS. A lost push is not lost data:
+// the client resumes from its last seq (see docs/api.md).
+func (p *Projector) publish(list []Push) {
+	if p.Publish == nil {
+		return
+	}
+	for _, ps := range list {
+		for _, u := range ps.Users {
+			if err := p.Publish(streams.PushSubject(u), ps.Seq, ps.Frame); err != nil {
+				p.log.Warn("push failed; the client will resume", "seq", ps.Seq, "user", u, "err", err)
+			}
+		}
+	}
+}
