@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,8 +53,15 @@ type Projector struct {
 	mu      sync.Mutex
 	moved   chan struct{} // closed and replaced whenever pos moves
 	lastErr error         // last failure, nil while running well
-	running bool
+	state   string
 }
+
+// Projector states, as readiness reports them.
+const (
+	stateLeading  = "leading"
+	stateStandby  = "standby"
+	stateStopped  = "stopped"
+)
 
 // NewProjector returns a projector of the live read models.
 func NewProjector(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger) *Projector {
@@ -73,11 +81,11 @@ func NewProjector(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger)
 func (p *Projector) Run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := p.runOnce(ctx)
+		err := p.session(ctx)
 		if ctx.Err() != nil {
 			break
 		}
-		p.setState(false, err)
+		p.setState(stateStopped, err)
 		p.log.Warn("projector stopped; restarting from its checkpoint", "err", err, "backoff", backoff)
 		select {
 		case <-ctx.Done():
@@ -85,7 +93,7 @@ func (p *Projector) Run(ctx context.Context) {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
-	p.setState(false, errors.New("projector stopped"))
+	p.setState(stateStopped, errors.New("projector stopped"))
 }
 
 func (p *Projector) runOnce(ctx context.Context) error {
@@ -129,7 +137,7 @@ func (p *Projector) runOnce(ctx context.Context) error {
 		}
 	}()
 
-	p.setState(true, nil)
+	p.setState(stateLeading, nil)
 	for {
 		var batch []jetstream.Msg
 		select {
@@ -212,6 +220,8 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	}
 	if last > cp {
 		b.Queue(`UPDATE projector_checkpoints SET seq = $2, updated_at = now() WHERE name = $1`, p.name, last)
+		// Delivered to standbys when the transaction commits, never before.
+		b.Queue(`SELECT pg_notify($1, $2)`, notifyChannel, strconv.FormatUint(last, 10))
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("apply events %d..%d: %w", cp+1, last, err)
 		}
@@ -252,10 +262,10 @@ func (p *Projector) advance(seq uint64) {
 	p.moved = make(chan struct{})
 }
 
-func (p *Projector) setState(running bool, err error) {
+func (p *Projector) setState(state string, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.running, p.lastErr = running, err
+	p.state, p.lastErr = state, err
 }
 
 // Stats returns how many batches and events this projector has applied since it started.
@@ -264,11 +274,11 @@ func (p *Projector) Stats() (batches, events uint64) { return p.batches.Load(), 
 // Position is the stream sequence up to which the read models are known to be complete.
 func (p *Projector) Position() uint64 { return p.pos.Load() }
 
-// Healthy returns nil while the projector is consuming, or why it is not.
+// Healthy returns nil while the projector leads or stands by, or why it does neither.
 func (p *Projector) Healthy() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.running {
+	if p.state == stateLeading || p.state == stateStandby {
 		return nil
 	}
 	if p.lastErr != nil {

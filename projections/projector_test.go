@@ -133,7 +133,8 @@ func TestProjectorSkipsWhatWasApplied(t *testing.T) {
 	}
 }
 
-// Two projectors running at once (two chatd nodes) apply every event exactly once.
+// Two projectors running at once (two chatd nodes): one leads and applies every event exactly
+// once, the other follows its checkpoint, so reads with min_seq work on both nodes.
 func TestConcurrentProjectors(t *testing.T) {
 	f := newFixture(t)
 	for _, u := range []string{"alice", "bob"} {
@@ -165,6 +166,39 @@ func TestConcurrentProjectors(t *testing.T) {
 	f.check(err)
 	if v.UnreadCount != 300 || v.LastMessage == nil || v.LastMessage.ID != last.ID {
 		t.Fatalf("bob's view: unread %d, last %+v", v.UnreadCount, v.LastMessage)
+	}
+	_, ea := a.Stats()
+	_, eb := b.Stats()
+	if ea+eb != f.lastSeq() || (ea != 0 && eb != 0) {
+		t.Fatalf("projectors applied %d and %d events, want one of them all %d", ea, eb, f.lastSeq())
+	}
+	for _, p := range []*Projector{a, b} {
+		if err := p.Healthy(); err != nil {
+			t.Fatalf("projector not healthy: %v", err)
+		}
+	}
+}
+
+// When the leader stops, the standby takes over and applies what comes next.
+func TestStandbyTakesOver(t *testing.T) {
+	f := newFixture(t)
+	_, _, _, err := f.store.ProvisionUser(f.ctx, "alice", "alice")
+	f.check(err)
+	a := f.projector()
+	ctxA, stopA := context.WithCancel(context.Background())
+	doneA := make(chan struct{})
+	go func() { a.Run(ctxA); close(doneA) }()
+	f.waitFor(a, f.lastSeq())
+	b := f.projector()
+	f.run(b)
+	f.waitFor(b, f.lastSeq()) // b stands by and follows
+	stopA()
+	<-doneA
+	_, _, _, err = f.store.ProvisionUser(f.ctx, "bob", "bob")
+	f.check(err)
+	f.waitFor(b, f.lastSeq())
+	if _, events := b.Stats(); events != 1 {
+		t.Fatalf("the standby applied %d events after taking over, want 1", events)
 	}
 }
 
