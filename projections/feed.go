@@ -85,7 +85,8 @@ func (f *Feed) Position(ctx context.Context) (Position, error) {
 		return Position{}, domain.Unavailable("the event stream is unavailable", fmt.Errorf("stream info: %w", err))
 	}
 	var committed uint64
-	err = f.pool.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1`, ProjectorName).Scan(&committed)
+	// No row yet means the projector has not started on this database: nothing is committed.
+	err = f.pool.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM projector_checkpoints WHERE name = $1), 0)`, ProjectorName).Scan(&committed)
 	if err != nil {
 		return Position{}, readErr(err, "read checkpoint")
 	}

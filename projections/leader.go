@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -77,8 +78,9 @@ func (p *Projector) session(ctx context.Context) error {
 
 	// Lead while the lock's session lives: if it dies, stop, so a standby can take over.
 	lead, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	go func() {
+	var pinger sync.WaitGroup
+	defer func() { stop(nil); pinger.Wait() }() // before the deferred Close: the pinger uses conn
+	pinger.Go(func() {
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
 		for {
@@ -92,7 +94,7 @@ func (p *Projector) session(ctx context.Context) error {
 				}
 			}
 		}
-	}()
+	})
 	err = p.runOnce(lead)
 	if cause := context.Cause(lead); err == nil && cause != nil && ctx.Err() == nil {
 		err = cause

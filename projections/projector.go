@@ -58,9 +58,9 @@ type Projector struct {
 
 // Projector states, as readiness reports them.
 const (
-	stateLeading  = "leading"
-	stateStandby  = "standby"
-	stateStopped  = "stopped"
+	stateLeading = "leading"
+	stateStandby = "standby"
+	stateStopped = "stopped"
 )
 
 // NewProjector returns a projector of the live read models.
