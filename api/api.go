@@ -49,6 +49,7 @@ type Deps struct {
 	Messages      projections.Messages
 	Projector     Projector
 	Feed          Feed
+	Presence      Presence
 	Hub           *Hub
 	WS            WSConfig
 	Auth          *Auth
@@ -101,6 +102,7 @@ func New(d Deps) *echo.Echo {
 	v1.POST("/conversations/:id/messages", s.postMessage, user)
 	v1.GET("/conversations/:id/messages", s.listMessages, user)
 	v1.POST("/conversations/:id/read", s.postRead, user)
+	v1.GET("/conversations/:id/presence", s.getPresence, user)
 	v1.GET("/messages/:id", s.getMessage, user)
 	v1.PATCH("/messages/:id", s.patchMessage, user)
 	v1.DELETE("/messages/:id", s.deleteMessage, user)

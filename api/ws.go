@@ -316,6 +316,7 @@ func (s *server) ws(c echo.Context) error {
 		conn.close(websocket.CloseTryAgainLater, "try again")
 		return nil
 	}
+	s.trackPresence(conn)
 	s.readClient(ctx, conn)
 	return nil
 }

@@ -220,3 +220,15 @@ func (c Conversations) IDs(ctx context.Context, user string) ([]string, error) {
 	}
 	return ids, nil
 }
+
+// Contacts returns everyone who shares a conversation with user: who hears of user's presence.
+func (c Conversations) Contacts(ctx context.Context, user string) ([]string, error) {
+	rows, _ := c.pool.Query(ctx, `SELECT DISTINCT o.user_id FROM members m
+		JOIN members o ON o.conversation_id = m.conversation_id
+		WHERE m.user_id = $1 AND o.user_id <> $1`, user)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, readErr(err, "list contacts")
+	}
+	return ids, nil
+}

@@ -75,6 +75,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	closers.push("nats drain", func() { drain(natsConn) })
 
+	presence, err := streams.SetupPresence(ctx, js, cfg.StreamReplicas)
+	if err != nil {
+		return err
+	}
+
 	serviceKey, jwtSecret, err := secrets(cfg, log)
 	if err != nil {
 		return err
@@ -99,6 +104,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		Messages:      projections.NewMessages(pool),
 		Projector:     projector,
 		Feed:          projections.NewFeed(natsConn, stream, pool),
+		Presence:      presence,
 		Hub:           hub,
 		WS:            api.WSConfig{AllowedOrigins: cfg.origins(), SendQueue: cfg.WSSendQueue, MaxReplay: cfg.WSMaxReplay},
 		Auth:          auth,

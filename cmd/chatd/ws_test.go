@@ -165,12 +165,14 @@ func TestPushAcrossNodes(t *testing.T) {
 	bws := b.mustWS(bob, "")
 	bws.nextOf("ready")
 	bws.send(map[string]string{"type": "typing", "conversation_id": d.str("id")})
-	if tf := ws.next(); tf.Type != "typing" || tf.field("user_id") != "bob" || tf.Seq != 0 {
+	if tf := ws.nextOf("typing"); tf.field("user_id") != "bob" || tf.Seq != 0 {
 		t.Fatalf("typing frame %+v", tf)
 	}
 	a.must(201, "POST", "/api/v1/conversations/"+d.str("id")+"/messages", alice, map[string]string{"client_msg_id": "2", "body": "hi"})
-	if f := bws.next(); f.Type != "message.created" {
-		t.Fatalf("bob's next frame %+v, want alice's message (not his own typing)", f)
+	for f := bws.next(); f.Type != "message.created"; f = bws.next() {
+		if f.Type == "typing" {
+			t.Fatalf("bob received his own typing: %+v", f)
+		}
 	}
 }
 
@@ -277,17 +279,21 @@ func TestSlowConsumer(t *testing.T) {
 	const n = 1200
 	done := make(chan error, 1)
 	go func() {
-		for i := range n {
+		for i := 0; i < n; {
 			_ = reader.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 			var f frame
 			if err := reader.conn.ReadJSON(&f); err != nil {
 				done <- fmt.Errorf("reader, frame %d: %w", i, err)
 				return
 			}
+			if f.Type == "presence" {
+				continue // alice's stalled connection going away
+			}
 			if f.Type != "message.created" || f.field("client_msg_id") != fmt.Sprint(i) {
 				done <- fmt.Errorf("reader, frame %d: %+v", i, f)
 				return
 			}
+			i++
 		}
 		done <- nil
 	}()
@@ -388,5 +394,44 @@ func TestResumeBeforeRetention(t *testing.T) {
 	ws := c.mustWS(alice, "since=1")
 	if f := ws.next(); f.Type != "resync_required" {
 		t.Fatalf("first frame %+v, want resync_required", f)
+	}
+}
+
+// Presence works across nodes: contacts hear when a user comes online and when their last
+// connection goes, and the endpoint says who is online now.
+func TestPresence(t *testing.T) {
+	a, b := twoNodes(t)
+	a.provision("alice", "Alice")
+	a.provision("bob", "Bob")
+	alice, bob := a.token("alice"), b.token("bob")
+	d := a.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	a.must(200, "GET", "/api/v1/me?min_seq="+d.header.Get("X-Chat-Seq"), alice, nil)
+	b.must(200, "GET", "/api/v1/me?min_seq="+d.header.Get("X-Chat-Seq"), bob, nil)
+	presence := "/api/v1/conversations/" + d.str("id") + "/presence"
+	if r := b.must(200, "GET", presence, bob, nil); len(r.body["online"].([]any)) != 0 {
+		t.Fatalf("nobody connected, online %s", r.raw)
+	}
+
+	bws := b.mustWS(bob, "")
+	bws.nextOf("ready")
+	aws := a.mustWS(alice, "")
+	aws.nextOf("ready")
+	if f := bws.nextOf("presence"); f.field("user_id") != "alice" || f.field("online") != true {
+		t.Fatalf("bob's presence frame %s", f.Data)
+	}
+	r := b.must(200, "GET", presence, bob, nil)
+	if got := fmt.Sprint(r.body["online"]); got != "[alice bob]" && got != "[bob alice]" {
+		t.Fatalf("online %s, want alice and bob", r.raw)
+	}
+	if r := a.do("GET", presence, a.token("alice")[:10], nil); r.status != 401 {
+		t.Fatalf("presence without a valid token: %d", r.status)
+	}
+
+	aws.conn.Close()
+	if f := bws.nextOf("presence"); f.field("user_id") != "alice" || f.field("online") != false {
+		t.Fatalf("bob's presence frame after alice left %s", f.Data)
+	}
+	if r := b.must(200, "GET", presence, bob, nil); fmt.Sprint(r.body["online"]) != "[bob]" {
+		t.Fatalf("online after alice left: %s", r.raw)
 	}
 }

@@ -1,0 +1,96 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/labstack/echo/v4"
+)
+
+// Presence tracks open connections across nodes; *streams.Presence implements it.
+type Presence interface {
+	Connect(ctx context.Context, user string) (key string, err error)
+	Refresh(ctx context.Context, key string) error
+	Disconnect(ctx context.Context, key string) (stillOnline bool, err error)
+	Online(ctx context.Context, users []string) ([]string, error)
+}
+
+// presenceRefresh is how often a connection renews its presence key (streams.PresenceRefresh).
+const presenceRefresh = 15 * time.Second
+
+// trackPresence marks the connection's user online for as long as conn lives, telling their
+// contacts when they come online and when their last connection goes.
+func (s *server) trackPresence(conn *wsConn) {
+	if s.Presence == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	key, err := s.Presence.Connect(ctx, conn.user)
+	cancel()
+	if err != nil {
+		s.Log.Warn("presence unavailable", "err", err)
+		return
+	}
+	s.announce(conn.user, true)
+	go func() {
+		t := time.NewTicker(presenceRefresh)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if err := s.Presence.Refresh(ctx, key); err != nil {
+					s.Log.Warn("presence refresh failed", "err", err)
+				}
+				cancel()
+			case <-conn.done:
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				still, err := s.Presence.Disconnect(ctx, key)
+				cancel()
+				if err == nil && !still {
+					s.announce(conn.user, false)
+				}
+				return
+			}
+		}
+	}()
+}
+
+// announce sends a presence frame about user to everyone who shares a conversation with them.
+func (s *server) announce(user string, online bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	contacts, err := s.Conversations.Contacts(ctx, user)
+	if err != nil {
+		s.Log.Warn("presence not announced", "user", user, "err", err)
+		return
+	}
+	frame := mustJSON(controlFrame{Type: "presence", Data: map[string]any{"user_id": user, "online": online}})
+	for _, c := range contacts {
+		_ = s.Feed.Send(c, frame)
+	}
+}
+
+// getPresence: GET /api/v1/conversations/{id}/presence — which members are online now.
+func (s *server) getPresence(c echo.Context) error {
+	ctx := c.Request().Context()
+	conv, _, err := s.Commands.Conversation(ctx, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	if !conv.IsMember(currentUser(c)) {
+		return domain.Errorf(domain.CodeNotFound, "conversation not found")
+	}
+	online := []string{}
+	if s.Presence != nil {
+		if online, err = s.Presence.Online(ctx, conv.Members); err != nil {
+			return err
+		}
+	}
+	if online == nil {
+		online = []string{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"conversation_id": conv.ID, "online": online})
+}

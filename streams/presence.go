@@ -1,0 +1,95 @@
+package streams
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// PresenceBucket is the KV bucket of open connections: one key per WebSocket connection,
+// "<user>.<connection>", refreshed while it lives and expiring PresenceTTL after its node stops
+// refreshing it. A user is online while any of their keys exists, on any node.
+const PresenceBucket = "CHAT_PRESENCE"
+
+// PresenceTTL bounds how long a crashed node's connections still count as online.
+const PresenceTTL = 45 * time.Second
+
+// PresenceRefresh is how often a live connection renews its key.
+const PresenceRefresh = 15 * time.Second
+
+// Presence tracks who is online across all chatd nodes.
+type Presence struct{ kv jetstream.KeyValue }
+
+// SetupPresence creates or updates the presence bucket (memory storage: presence is not worth
+// a disk write, and a restarted cluster starts with everyone offline, which is true).
+func SetupPresence(ctx context.Context, js jetstream.JetStream, replicas int) (*Presence, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      PresenceBucket,
+		Description: "chatd: one key per open WebSocket connection",
+		TTL:         PresenceTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update KV %s: %w", PresenceBucket, err)
+	}
+	return &Presence{kv: kv}, nil
+}
+
+// Connect records a new connection of user and returns its key.
+func (p *Presence) Connect(ctx context.Context, user string) (string, error) {
+	key := user + "." + domain.NewEventID()
+	if _, err := p.kv.Put(ctx, key, nil); err != nil {
+		return "", domain.Unavailable("presence is unavailable", fmt.Errorf("put %s: %w", key, err))
+	}
+	return key, nil
+}
+
+// Refresh renews a connection's key.
+func (p *Presence) Refresh(ctx context.Context, key string) error {
+	if _, err := p.kv.Put(ctx, key, nil); err != nil {
+		return fmt.Errorf("refresh presence %s: %w", key, err)
+	}
+	return nil
+}
+
+// Disconnect removes a connection's key and reports whether its user is still online through
+// another connection.
+func (p *Presence) Disconnect(ctx context.Context, key string) (stillOnline bool, err error) {
+	if err := p.kv.Delete(ctx, key); err != nil {
+		return false, fmt.Errorf("delete presence %s: %w", key, err)
+	}
+	user, _, _ := strings.Cut(key, ".")
+	online, err := p.Online(ctx, []string{user})
+	return len(online) > 0, err
+}
+
+// Online returns those of users who have at least one open connection.
+func (p *Presence) Online(ctx context.Context, users []string) ([]string, error) {
+	if len(users) == 0 {
+		return nil, nil
+	}
+	filters := make([]string, len(users))
+	for i, u := range users {
+		filters[i] = u + ".*"
+	}
+	lister, err := p.kv.ListKeysFiltered(ctx, filters...)
+	if err != nil {
+		return nil, domain.Unavailable("presence is unavailable", fmt.Errorf("list presence: %w", err))
+	}
+	defer lister.Stop() //nolint:errcheck // only stops the listing
+	seen := map[string]bool{}
+	var online []string
+	for key := range lister.Keys() {
+		user, _, _ := strings.Cut(key, ".")
+		if !seen[user] {
+			seen[user] = true
+			online = append(online, user)
+		}
+	}
+	return online, nil
+}
