@@ -154,7 +154,7 @@ func (f *Feed) Replay(ctx context.Context, user string, conversations []string, 
 				continue // the projector logged it; a client cannot use it either
 			}
 			e.Seq = seq
-			frame, err := encodeFrame(e)
+			frame, err := encodeFrame(frameFor(e, user))
 			if err != nil {
 				return err
 			}

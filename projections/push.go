@@ -130,13 +130,40 @@ func pushes(a Audience, events []domain.Event) []Push {
 		if len(users) == 0 {
 			continue
 		}
-		frame, err := encodeFrame(e)
-		if err != nil {
-			continue // a Frame of a decoded event always marshals
+		joiner := ""
+		if e.Type == domain.TypeMemberJoined {
+			if d, err := domain.DecodeData[domain.MemberData](e); err == nil {
+				joiner = d.UserID
+			}
 		}
-		out = append(out, Push{Seq: e.Seq, Users: users, Frame: frame})
+		var rest []string
+		for _, u := range users {
+			if u == joiner {
+				if frame, err := encodeFrame(frameFor(e, u)); err == nil {
+					out = append(out, Push{Seq: e.Seq, Users: []string{u}, Frame: frame})
+				}
+			} else {
+				rest = append(rest, u)
+			}
+		}
+		if frame, err := encodeFrame(e); err == nil && len(rest) > 0 {
+			out = append(out, Push{Seq: e.Seq, Users: rest, Frame: frame})
+		}
 	}
 	return out
+}
+
+// frameFor is the event as user should see it: to the member who joins, member.joined is the
+// arrival of a conversation, so it comes as conversation.created (same seq; data carries the
+// whole conversation). Everyone else sees the event as it is.
+func frameFor(e domain.Event, user string) domain.Event {
+	if e.Type != domain.TypeMemberJoined {
+		return e
+	}
+	if d, err := domain.DecodeData[domain.MemberData](e); err == nil && d.UserID == user {
+		e.Type = domain.TypeConversationCreated
+	}
+	return e
 }
 
 // publish sends each push to its users' subjects on core NATS. A lost push is not lost data:

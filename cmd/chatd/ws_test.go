@@ -435,3 +435,35 @@ func TestPresence(t *testing.T) {
 		t.Fatalf("online after alice left: %s", r.raw)
 	}
 }
+
+// A user added to a group learns of the conversation as conversation.created (live and on
+// resume); the members who were there see member.joined.
+func TestAddedMemberHearsConversationCreated(t *testing.T) {
+	c := startWithDB(t)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		c.provision(u, u)
+	}
+	alice, bob, carol := c.token("alice"), c.token("bob"), c.token("carol")
+	g := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "group", "title": "G", "members": []string{"bob"}})
+	c.must(200, "GET", "/api/v1/me?min_seq="+g.header.Get("X-Chat-Seq"), alice, nil)
+	cws := c.mustWS(carol, "")
+	ready := cws.nextOf("ready")
+	bws := c.mustWS(bob, "")
+	bws.nextOf("ready")
+
+	add := c.must(200, "POST", "/api/v1/conversations/"+g.str("id")+"/members", alice, map[string]string{"user_id": "carol"})
+	seq := add.num("seq")
+	f := cws.nextOf("conversation.created")
+	conv, _ := f.field("conversation").(map[string]any)
+	if f.Seq != seq || conv["id"] != g.str("id") || fmt.Sprint(conv["members"]) != "[alice bob carol]" {
+		t.Fatalf("carol's frame %+v %s, want conversation.created at %d with all members", f, f.Data, seq)
+	}
+	if f := bws.nextOf("member.joined"); f.Seq != seq || f.field("user_id") != "carol" {
+		t.Fatalf("bob's frame %+v", f)
+	}
+
+	resumed := c.mustWS(carol, fmt.Sprintf("since=%d&epoch=%s", uint64(ready.field("seq").(float64)), ready.field("epoch")))
+	if f := resumed.next(); f.Type != "conversation.created" || f.Seq != seq {
+		t.Fatalf("carol's replayed frame %+v, want conversation.created at %d", f, seq)
+	}
+}
