@@ -17,7 +17,14 @@ import (
 	"github.com/chatd-dev/chatd/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	// The crash tests run the test binary itself as chatd, so that it can be killed for real.
+	if os.Getenv("CHATD_TEST_RUN_MAIN") == "1" {
+		main()
+		return
+	}
+	pgtest.Main(m)
+}
 
 const (
 	testServiceKey = "test-service-key-0123456789abcdef0123"
@@ -149,6 +156,15 @@ func (r response) errCode() string {
 // is), nil, or a value encoded as JSON.
 func (in *instance) do(method, path, bearer string, body any) response {
 	in.t.Helper()
+	r, err := request(method, in.url+path, bearer, body)
+	if err != nil {
+		in.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return r
+}
+
+// request is do without a test: for goroutines, and for servers that may be gone.
+func request(method, url, bearer string, body any) (response, error) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -159,13 +175,13 @@ func (in *instance) do(method, path, bearer string, body any) response {
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {
-			in.t.Fatal(err)
+			return response{}, err
 		}
 		rd = bytes.NewReader(j)
 	}
-	req, err := http.NewRequest(method, in.url+path, rd)
+	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
-		in.t.Fatal(err)
+		return response{}, err
 	}
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
@@ -173,14 +189,19 @@ func (in *instance) do(method, path, bearer string, body any) response {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		in.t.Fatalf("%s %s: %v", method, path, err)
+		return response{}, err
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return response{}, err
+	}
 	r := response{status: resp.StatusCode, header: resp.Header, raw: raw}
 	_ = json.Unmarshal(raw, &r.body)
-	return r
+	return r, nil
 }
+
+func post(url, bearer, body string) (response, error) { return request("POST", url, bearer, body) }
 
 // must is do that fails the test unless the status is want.
 func (in *instance) must(want int, method, path, bearer string, body any) response {
