@@ -41,15 +41,6 @@ func (Conversations) apply(b *pgx.Batch, e domain.Event) error {
 			b.Queue(`DELETE FROM members WHERE conversation_id = $1 AND user_id = $2`, e.ConversationID, d.UserID)
 		}
 		queueActivity(b, e)
-	case domain.TypeMessageCreated:
-		d, err := domain.DecodeData[domain.MessageData](e)
-		if err != nil {
-			return err
-		}
-		b.Queue(`UPDATE conversations SET last_message_seq = $2, last_activity_seq = $2, last_activity_at = $3
-			WHERE id = $1 AND last_activity_seq < $2`, e.ConversationID, e.Seq, e.Time)
-		// Sending a message means having read everything before it.
-		queueRead(b, e.ConversationID, d.SenderID, e.Seq)
 	case domain.TypeReadUpdated:
 		d, err := domain.DecodeData[domain.ReadData](e)
 		if err != nil {
@@ -64,14 +55,39 @@ func (Conversations) apply(b *pgx.Batch, e domain.Event) error {
 	return nil
 }
 
+// applyCreated moves each conversation's last message, and each sender's read marker (sending
+// a message means having read everything before it), once per run of message.created events:
+// to the run's newest message in that conversation.
+func (Conversations) applyCreated(b *pgx.Batch, run []created) {
+	type reader struct{ conv, user string }
+	lastOf := map[string]created{}
+	readTo := map[reader]uint64{}
+	for _, c := range run {
+		lastOf[c.ConversationID] = c // runs are in stream order: the last one wins
+		readTo[reader{c.ConversationID, c.SenderID}] = c.Seq
+	}
+	var convs []string
+	var seqs []uint64
+	var times []time.Time
+	for id, c := range lastOf {
+		convs, seqs, times = append(convs, id), append(seqs, c.Seq), append(times, c.Time)
+	}
+	b.Queue(`UPDATE conversations c SET last_message_seq = u.seq, last_activity_seq = u.seq, last_activity_at = u.at
+		FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, seq, at)
+		WHERE c.id = u.id AND c.last_activity_seq < u.seq`, convs, seqs, times)
+	var rconvs, rusers []string
+	var rseqs []uint64
+	for r, seq := range readTo {
+		rconvs, rusers, rseqs = append(rconvs, r.conv), append(rusers, r.user), append(rseqs, seq)
+	}
+	b.Queue(`UPDATE members m SET last_read_seq = u.seq
+		FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(conv, usr, seq)
+		WHERE m.conversation_id = u.conv AND m.user_id = u.usr AND m.last_read_seq < u.seq`, rconvs, rusers, rseqs)
+}
+
 func queueActivity(b *pgx.Batch, e domain.Event) {
 	b.Queue(`UPDATE conversations SET last_activity_seq = $2, last_activity_at = $3
 		WHERE id = $1 AND last_activity_seq < $2`, e.ConversationID, e.Seq, e.Time)
-}
-
-func queueRead(b *pgx.Batch, conv, user string, seq uint64) {
-	b.Queue(`UPDATE members SET last_read_seq = $3 WHERE conversation_id = $1 AND user_id = $2 AND last_read_seq < $3`,
-		conv, user, seq)
 }
 
 // Member is a member of a conversation as the API shows it.

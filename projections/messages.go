@@ -19,9 +19,8 @@ type Messages struct{ pool *pgxpool.Pool }
 func NewMessages(pool *pgxpool.Pool) Messages { return Messages{pool: pool} }
 
 func (Messages) apply(b *pgx.Batch, e domain.Event) error {
-	switch e.Type {
-	case domain.TypeMessageCreated, domain.TypeMessageEdited, domain.TypeMessageDeleted:
-	default:
+	// message.created arrives through applyCreated, in runs.
+	if e.Type != domain.TypeMessageEdited && e.Type != domain.TypeMessageDeleted {
 		return nil
 	}
 	d, err := domain.DecodeData[domain.MessageData](e)
@@ -29,16 +28,26 @@ func (Messages) apply(b *pgx.Batch, e domain.Event) error {
 		return err
 	}
 	switch e.Type {
-	case domain.TypeMessageCreated:
-		b.Queue(`INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, body, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING`,
-			d.MessageID, e.ConversationID, e.Seq, d.SenderID, d.ClientMsgID, d.Body, e.Time)
 	case domain.TypeMessageEdited:
 		b.Queue(`UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 AND deleted_at IS NULL`, d.MessageID, d.Body, e.Time)
 	case domain.TypeMessageDeleted:
 		b.Queue(`UPDATE messages SET body = '', deleted_at = $2 WHERE id = $1`, d.MessageID, e.Time)
 	}
 	return nil
+}
+
+// applyCreated inserts a run of new messages with one statement.
+func (Messages) applyCreated(b *pgx.Batch, run []created) {
+	n := len(run)
+	ids, convs, senders, clientIDs, bodies := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	seqs, times := make([]uint64, n), make([]time.Time, n)
+	for i, c := range run {
+		ids[i], convs[i], seqs[i], senders[i] = c.MessageID, c.ConversationID, c.Seq, c.SenderID
+		clientIDs[i], bodies[i], times[i] = c.ClientMsgID, c.Body, c.Time
+	}
+	b.Queue(`INSERT INTO messages (id, conversation_id, seq, sender_id, client_msg_id, body, created_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+		ON CONFLICT (id) DO NOTHING`, ids, convs, seqs, senders, clientIDs, bodies, times)
 }
 
 type messageRow struct {

@@ -22,7 +22,8 @@ import (
 )
 
 // readModel is one set of tables. apply queues the statements that event e implies onto b; the
-// projector sends them with the rest of the batch in one transaction.
+// projector sends them with the rest of the batch in one transaction. Models that implement
+// bulkCreated receive message.created events in runs through applyCreated instead.
 type readModel interface {
 	apply(b *pgx.Batch, e domain.Event) error
 }
@@ -210,13 +211,11 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 		if e.Seq <= cp {
 			continue // applied before: a restart or another projector got here first
 		}
-		for _, m := range p.models {
-			if err := m.apply(b, e); err != nil {
-				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
-			}
-		}
 		applied = append(applied, e)
 		last = e.Seq
+	}
+	if err := p.queue(b, applied); err != nil {
+		return err
 	}
 	if last > cp {
 		b.Queue(`UPDATE projector_checkpoints SET seq = $2, updated_at = now() WHERE name = $1`, p.name, last)
@@ -236,6 +235,61 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	p.advance(max(last, events[len(events)-1].Seq))
 	p.publish(pushes(audience, applied))
 	return nil
+}
+
+// queue queues the statements of events onto b. Runs of consecutive message.created events (the
+// bulk of any stream) go to the read models that apply them set-based, a few statements per run
+// instead of a few per message; everything else is applied one event at a time, in order.
+func (p *Projector) queue(b *pgx.Batch, events []domain.Event) error {
+	var run []created
+	flush := func() error {
+		if len(run) == 0 {
+			return nil
+		}
+		for _, m := range p.models {
+			if bulk, ok := m.(bulkCreated); ok {
+				bulk.applyCreated(b, run)
+				continue
+			}
+			for _, c := range run {
+				if err := m.apply(b, c.Event); err != nil {
+					return fmt.Errorf("apply %s at %d: %w", c.Type, c.Seq, err)
+				}
+			}
+		}
+		run = run[:0]
+		return nil
+	}
+	for _, e := range events {
+		if e.Type == domain.TypeMessageCreated {
+			d, err := domain.DecodeData[domain.MessageData](e)
+			if err != nil {
+				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
+			}
+			run = append(run, created{Event: e, MessageData: d})
+			continue
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		for _, m := range p.models {
+			if err := m.apply(b, e); err != nil {
+				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
+			}
+		}
+	}
+	return flush()
+}
+
+// created is a message.created event with its data decoded.
+type created struct {
+	domain.Event
+	domain.MessageData
+}
+
+// bulkCreated is implemented by read models that apply a run of message.created events at once.
+type bulkCreated interface {
+	applyCreated(b *pgx.Batch, run []created)
 }
 
 func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
