@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,25 +37,11 @@ func startProcess(t *testing.T, env map[string]string) *process {
 	}
 	p := &process{instance: &instance{t: t, out: out}, cmd: cmd}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	urls := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if u, ok := strings.CutPrefix(sc.Text(), "chatd listening on "); ok {
-				urls <- u
-			}
-		}
-		close(urls)
-	}()
-	select {
-	case u, ok := <-urls:
-		if !ok {
-			t.Fatalf("chatd process exited before listening:\n%s", out)
-		}
-		p.url = u
-	case <-time.After(90 * time.Second):
-		t.Fatalf("chatd process did not listen within 90s:\n%s", out)
+	u, err := awaitListening(stdout)
+	if err != nil {
+		t.Fatalf("chatd process: %v\n%s", err, out)
 	}
+	p.url = u
 	return p
 }
 

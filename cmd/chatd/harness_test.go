@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -81,9 +82,21 @@ func start(t *testing.T, env map[string]string, args ...string) *instance {
 		pw.CloseWithError(fmt.Errorf("chatd exited: %v", err))
 		in.done <- err
 	}()
+	u, err := awaitListening(pr)
+	if err != nil {
+		t.Fatalf("chatd did not start: %v\n%s", err, in.out)
+	}
+	in.url = u
+	t.Cleanup(in.stop)
+	return in
+}
+
+// awaitListening reads chatd's standard output until it says where it listens, and keeps
+// draining it afterwards so that chatd never blocks on a full pipe.
+func awaitListening(stdout io.Reader) (string, error) {
 	urls := make(chan string, 1)
 	go func() {
-		sc := bufio.NewScanner(pr)
+		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if u, ok := strings.CutPrefix(sc.Text(), "chatd listening on "); ok {
 				urls <- u
@@ -94,14 +107,12 @@ func start(t *testing.T, env map[string]string, args ...string) *instance {
 	select {
 	case u, ok := <-urls:
 		if !ok {
-			t.Fatalf("chatd did not start: %v\n%s", <-in.done, in.out)
+			return "", errors.New("exited before listening")
 		}
-		in.url = u
+		return u, nil
 	case <-time.After(90 * time.Second):
-		t.Fatalf("chatd did not listen within 90s\n%s", in.out)
+		return "", errors.New("not listening within 90s")
 	}
-	t.Cleanup(in.stop)
-	return in
 }
 
 // stop shuts chatd down as SIGTERM would and waits for run to return.
