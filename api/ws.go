@@ -22,7 +22,7 @@ type Feed interface {
 	Subscribe(user string, deliver func(seq uint64, frame []byte)) (stop func(), err error)
 	Send(user string, frame []byte) error
 	Position(ctx context.Context) (projections.Position, error)
-	Replay(ctx context.Context, user string, conversations []string, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error
+	Replay(ctx context.Context, user string, spans []projections.Span, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error
 }
 
 // WebSocket close codes beyond the standard ones (4000-4999 are the application's).
@@ -149,18 +149,28 @@ func (c *wsConn) deliver(seq uint64, frame []byte) {
 	c.enqueue(frame)
 }
 
-// goLive flushes the live frames that arrived during the replay, past floor, and switches to
-// live delivery.
-func (c *wsConn) goLive(floor uint64) {
-	c.state.Lock()
-	defer c.state.Unlock()
-	c.floor, c.live = floor, true
-	for _, p := range c.pending {
-		if p.seq == 0 || p.seq > floor {
-			c.enqueue(p.frame)
+// goLive sends the live frames that arrived during the replay, past floor, waiting for queue
+// space like the replay, then switches to live delivery. Frames that keep arriving meanwhile
+// join pending, so their order holds.
+func (c *wsConn) goLive(ctx context.Context, floor uint64) error {
+	for {
+		c.state.Lock()
+		batch := c.pending
+		c.pending = nil
+		if len(batch) == 0 {
+			c.floor, c.live = floor, true
+			c.state.Unlock()
+			return nil
+		}
+		c.state.Unlock()
+		for _, p := range batch {
+			if p.seq == 0 || p.seq > floor {
+				if err := c.enqueueWait(ctx, p.frame); err != nil {
+					return err
+				}
+			}
 		}
 	}
-	c.pending = nil
 }
 
 // enqueue never blocks: a client whose queue is full is closed and resumes later with since.
@@ -186,11 +196,15 @@ func (c *wsConn) enqueueWait(ctx context.Context, frame []byte) error {
 	}
 }
 
+// close ends the connection, with a close frame unless the connection already failed (1006
+// may not be sent on the wire).
 func (c *wsConn) close(code int, reason string) {
 	c.once.Do(func() {
-		c.wmu.Lock()
-		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
-		c.wmu.Unlock()
+		if code != websocket.CloseAbnormalClosure {
+			c.wmu.Lock()
+			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+			c.wmu.Unlock()
+		}
 		close(c.done)
 		_ = c.ws.Close()
 	})
@@ -340,11 +354,11 @@ func (s *server) startStream(ctx context.Context, conn *wsConn, resume bool, sin
 		case pos.First > 1 && since < pos.First-1:
 			resync("events after since are no longer retained; reload over REST")
 		default:
-			convs, err := s.Conversations.IDs(ctx, conn.user)
+			spans, err := s.Conversations.Spans(ctx, conn.user, since)
 			if err != nil {
 				return err
 			}
-			err = s.Feed.Replay(ctx, conn.user, convs, since, pos.Committed, s.WS.MaxReplay, func(_ uint64, frame []byte) error {
+			err = s.Feed.Replay(ctx, conn.user, spans, since, pos.Committed, s.WS.MaxReplay, func(_ uint64, frame []byte) error {
 				return conn.enqueueWait(ctx, frame)
 			})
 			if errors.Is(err, projections.ErrTooFarBehind) {
@@ -354,9 +368,10 @@ func (s *server) startStream(ctx context.Context, conn *wsConn, resume bool, sin
 			}
 		}
 	}
-	conn.enqueue(mustJSON(controlFrame{Type: "ready", Data: map[string]any{"epoch": pos.Epoch, "seq": pos.Committed}}))
-	conn.goLive(pos.Committed)
-	return nil
+	if err := conn.enqueueWait(ctx, mustJSON(controlFrame{Type: "ready", Data: map[string]any{"epoch": pos.Epoch, "seq": pos.Committed}})); err != nil {
+		return err
+	}
+	return conn.goLive(ctx, pos.Committed)
 }
 
 // clientFrame is what a client may send.

@@ -38,6 +38,9 @@ func (Conversations) apply(b *pgx.Batch, e domain.Event) error {
 			b.Queue(`INSERT INTO members (conversation_id, user_id, joined_seq, joined_at) VALUES ($1, $2, $3, $4)
 				ON CONFLICT DO NOTHING`, e.ConversationID, d.UserID, e.Seq, e.Time)
 		} else {
+			b.Queue(`INSERT INTO departures (conversation_id, user_id, joined_seq, left_seq)
+				SELECT conversation_id, user_id, joined_seq, $3 FROM members WHERE conversation_id = $1 AND user_id = $2
+				ON CONFLICT DO NOTHING`, e.ConversationID, d.UserID, e.Seq)
 			b.Queue(`DELETE FROM members WHERE conversation_id = $1 AND user_id = $2`, e.ConversationID, d.UserID)
 		}
 		queueActivity(b, e)
@@ -227,14 +230,30 @@ func (c Conversations) attachMembers(ctx context.Context, list []ConversationVie
 // maxSeq stands for "no upper bound" in keyset pagination (bigint's maximum).
 const maxSeq = uint64(1<<63 - 1)
 
-// IDs returns the ids of the conversations user is a member of.
-func (c Conversations) IDs(ctx context.Context, user string) ([]string, error) {
-	rows, _ := c.pool.Query(ctx, `SELECT conversation_id FROM members WHERE user_id = $1`, user)
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+// Span is a stretch of stream sequences during which a user belonged to a conversation: from
+// the event that made them a member to the one that removed them (maxSeq while they still are).
+type Span struct {
+	ConversationID string
+	From, To       uint64
+}
+
+// Spans returns user's memberships that reach past after: the current ones and those that
+// ended after it. A resuming client is told about exactly the events inside them.
+func (c Conversations) Spans(ctx context.Context, user string, after uint64) ([]Span, error) {
+	rows, _ := c.pool.Query(ctx, `
+		SELECT conversation_id, joined_seq, $2::bigint FROM members WHERE user_id = $1
+		UNION ALL
+		SELECT conversation_id, joined_seq, left_seq FROM departures WHERE user_id = $1 AND left_seq > $3`,
+		user, maxSeq, after)
+	spans, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Span, error) {
+		var s Span
+		err := row.Scan(&s.ConversationID, &s.From, &s.To)
+		return s, err
+	})
 	if err != nil {
-		return nil, readErr(err, "list conversation ids")
+		return nil, readErr(err, "list memberships")
 	}
-	return ids, nil
+	return spans, nil
 }
 
 // Contacts returns everyone who shares a conversation with user: who hears of user's presence.

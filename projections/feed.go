@@ -98,19 +98,42 @@ func (f *Feed) Position(ctx context.Context) (Position, error) {
 	}, nil
 }
 
+// conversationOf returns the conversation id of an event subject (chat.evt.conv.<id>.…).
+func conversationOf(subject string) string {
+	parts := strings.SplitN(subject, ".", 5)
+	if len(parts) < 4 {
+		return ""
+	}
+	return parts[3]
+}
+
+func within(spans []Span, seq uint64) bool {
+	for _, s := range spans {
+		if seq >= s.From && seq <= s.To {
+			return true
+		}
+	}
+	return false
+}
+
 // ErrTooFarBehind means a replay would exceed its limit: the client must resync over REST.
 var ErrTooFarBehind = errors.New("too many events to replay")
 
-// Replay sends, in stream order, every event after `after` and up to `upTo` in the given
-// conversations that user is told about, as frames. It refuses with ErrTooFarBehind, before
-// sending anything, when more than max events match.
-func (f *Feed) Replay(ctx context.Context, user string, conversations []string, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error {
-	if after >= upTo || len(conversations) == 0 {
-		return nil
+// Replay sends, in stream order, the frames of every event after `after` and up to `upTo` that
+// user would have been sent live: the events of their conversations while they were members
+// (spans), without other members' read markers. It refuses with ErrTooFarBehind, before
+// sending anything, when more than max events are candidates.
+func (f *Feed) Replay(ctx context.Context, user string, spans []Span, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error {
+	byConv := map[string][]Span{}
+	var filters []string
+	for _, s := range spans {
+		if _, ok := byConv[s.ConversationID]; !ok {
+			filters = append(filters, "chat.evt.conv."+s.ConversationID+".>")
+		}
+		byConv[s.ConversationID] = append(byConv[s.ConversationID], s)
 	}
-	filters := make([]string, len(conversations))
-	for i, c := range conversations {
-		filters[i] = "chat.evt.conv." + c + ".>"
+	if after >= upTo || len(filters) == 0 {
+		return nil
 	}
 	cons, err := f.stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		AckPolicy:         jetstream.AckNonePolicy,
@@ -148,6 +171,9 @@ func (f *Feed) Replay(ctx context.Context, user string, conversations []string, 
 			}
 			if strings.Contains(m.Subject(), ".read.") && !strings.HasSuffix(m.Subject(), ".read."+user) {
 				continue // other members' read markers are theirs
+			}
+			if !within(byConv[conversationOf(m.Subject())], seq) {
+				continue // before they joined, or after they left
 			}
 			e, err := domain.DecodeEvent(m.Data())
 			if err != nil {

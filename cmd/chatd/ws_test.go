@@ -467,3 +467,45 @@ func TestAddedMemberHearsConversationCreated(t *testing.T) {
 		t.Fatalf("carol's replayed frame %+v, want conversation.created at %d", f, seq)
 	}
 }
+
+// A resume replays exactly what live delivery would have sent: nothing from before the user
+// joined a conversation, and everything up to and including their removal from one.
+func TestResumeFollowsMembership(t *testing.T) {
+	c := startWithDB(t)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		c.provision(u, u)
+	}
+	alice, bob := c.token("alice"), c.token("bob")
+	old := c.must(201, "POST", "/api/v1/conversations", bob, map[string]any{"kind": "group", "title": "old", "members": []string{"alice"}})
+	c.must(200, "GET", "/api/v1/me?min_seq="+old.header.Get("X-Chat-Seq"), alice, nil)
+	ws := c.mustWS(alice, "")
+	ready := ws.nextOf("ready")
+	ws.conn.Close()
+
+	// While alice is away: a new group is made without her, talks, then adds her; she is
+	// removed from the old group, which then talks on.
+	g := c.must(201, "POST", "/api/v1/conversations", bob, map[string]any{"kind": "group", "title": "new", "members": []string{"carol"}})
+	c.must(201, "POST", "/api/v1/conversations/"+g.str("id")+"/messages", bob, map[string]string{"client_msg_id": "before", "body": "before alice"})
+	added := c.must(200, "POST", "/api/v1/conversations/"+g.str("id")+"/members", bob, map[string]string{"user_id": "alice"})
+	after := c.must(201, "POST", "/api/v1/conversations/"+g.str("id")+"/messages", bob, map[string]string{"client_msg_id": "after", "body": "welcome"})
+	removed := c.must(200, "DELETE", "/api/v1/conversations/"+old.str("id")+"/members/alice", bob, nil)
+	last := c.must(201, "POST", "/api/v1/conversations/"+old.str("id")+"/messages", bob, map[string]string{"client_msg_id": "gone", "body": "after alice left"})
+	c.must(200, "GET", "/api/v1/me?min_seq="+last.header.Get("X-Chat-Seq"), alice, nil)
+
+	ws = c.mustWS(alice, fmt.Sprintf("since=%d&epoch=%s", uint64(ready.field("seq").(float64)), ready.field("epoch")))
+	want := []struct {
+		typ string
+		seq uint64
+	}{
+		{"conversation.created", added.num("seq")},
+		{"message.created", after.num("seq")},
+		{"member.left", removed.num("seq")},
+		{"ready", 0},
+	}
+	for _, w := range want {
+		f := ws.next()
+		if f.Type != w.typ || (w.seq != 0 && f.Seq != w.seq) {
+			t.Fatalf("replayed %s at %d, want %s at %d", f.Type, f.Seq, w.typ, w.seq)
+		}
+	}
+}
