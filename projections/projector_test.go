@@ -69,6 +69,18 @@ func (f *fixture) waitFor(p *Projector, seq uint64) {
 	}
 }
 
+// direct provisions a and b and returns their direct conversation.
+func (f *fixture) direct(a, b string) domain.Conversation {
+	f.t.Helper()
+	for _, u := range []string{a, b} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	d, _, _, err := f.store.CreateConversation(f.ctx, a, domain.KindDirect, "", []string{b})
+	f.check(err)
+	return d
+}
+
 func (f *fixture) check(err error) {
 	f.t.Helper()
 	if err != nil {
@@ -137,16 +149,14 @@ func TestProjectorSkipsWhatWasApplied(t *testing.T) {
 // once, the other follows its checkpoint, so reads with min_seq work on both nodes.
 func TestConcurrentProjectors(t *testing.T) {
 	f := newFixture(t)
-	for _, u := range []string{"alice", "bob"} {
-		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
-		f.check(err)
-	}
-	d, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindDirect, "", []string{"bob"})
-	f.check(err)
+	d := f.direct("alice", "bob")
 	a, b := f.projector(), f.projector()
 	f.run(a)
 	f.run(b)
-	var last domain.Message
+	var (
+		last domain.Message
+		err  error
+	)
 	for i := range 300 {
 		last, _, err = f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), fmt.Sprint("message ", i))
 		f.check(err)
@@ -206,12 +216,7 @@ func TestStandbyTakesOver(t *testing.T) {
 // one transaction each.
 func TestProjectorBatches(t *testing.T) {
 	f := newFixture(t)
-	for _, u := range []string{"alice", "bob"} {
-		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
-		f.check(err)
-	}
-	d, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindDirect, "", []string{"bob"})
-	f.check(err)
+	d := f.direct("alice", "bob")
 	for i := range 1000 {
 		_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
 		f.check(err)
