@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/projections"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
@@ -54,7 +55,10 @@ type Deps struct {
 	WS            WSConfig
 	Auth          *Auth
 	Checks        []Check
-	Log           *slog.Logger
+	Metrics       *metrics.Metrics
+	// MetricsHandler serves GET /metrics (Prometheus text format) when Metrics is set.
+	MetricsHandler http.Handler
+	Log            *slog.Logger
 	// MinSeqTimeout bounds how long a read with min_seq waits for the read models.
 	MinSeqTimeout time.Duration
 	// MaxBodyBytes bounds request bodies.
@@ -83,6 +87,9 @@ func New(d Deps) *echo.Echo {
 	e.Use(s.logRequests)
 
 	e.GET("/healthz", s.healthz)
+	if d.Metrics != nil {
+		e.GET("/metrics", echo.WrapHandler(d.MetricsHandler))
+	}
 	e.GET("/readyz", s.readyz)
 
 	// Credentials are checked per route, not per group: a group's middleware would also run for
@@ -119,8 +126,10 @@ func (s *server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			c.Error(err)
 		}
+		took := time.Since(start)
+		s.Metrics.Request(c.Path(), c.Request().Method, c.Response().Status, took)
 		s.Log.Debug("http", "method", c.Request().Method, "route", c.Path(), "status", c.Response().Status,
-			"duration", time.Since(start))
+			"duration", took)
 		return nil
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/projections"
 	"github.com/gorilla/websocket"
 	"github.com/labstack/echo/v4"
@@ -75,13 +76,17 @@ func (h *Hub) add(c *wsConn) bool {
 		return false
 	}
 	h.conns[c] = struct{}{}
+	c.metrics.Connections(1)
 	return true
 }
 
 func (h *Hub) remove(c *wsConn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.conns, c)
+	if _, ok := h.conns[c]; ok {
+		delete(h.conns, c)
+		c.metrics.Connections(-1)
+	}
 }
 
 // Len is the number of open connections.
@@ -109,16 +114,17 @@ func (h *Hub) CloseAll() {
 // wsConn is one client connection. Frames reach it from the NATS subscription (live) and from
 // the replay; one writer goroutine sends them, so a slow client only ever fills its own queue.
 type wsConn struct {
-	ws    *websocket.Conn
-	out   chan []byte
-	done  chan struct{}
-	once  sync.Once
-	user  string
-	cfg   *WSConfig
-	wmu   sync.Mutex // serialises control frames with the writer
-	state sync.Mutex // guards live, floor and pending
-	live  bool
-	floor uint64 // live frames at or below this seq were replayed (or predate the client)
+	ws      *websocket.Conn
+	out     chan []byte
+	done    chan struct{}
+	once    sync.Once
+	user    string
+	cfg     *WSConfig
+	metrics *metrics.Metrics
+	wmu     sync.Mutex // serialises control frames with the writer
+	state   sync.Mutex // guards live, floor and pending
+	live    bool
+	floor   uint64 // live frames at or below this seq were replayed (or predate the client)
 	// pending holds live frames that arrive while the replay runs.
 	pending []pendingFrame
 }
@@ -134,6 +140,7 @@ func (c *wsConn) deliver(seq uint64, frame []byte) {
 	if !c.live {
 		if len(c.pending) >= c.cfg.SendQueue {
 			c.state.Unlock()
+			c.metrics.SlowClose()
 			c.close(CloseTooSlow, "too far behind; reconnect with since")
 			return
 		}
@@ -179,6 +186,7 @@ func (c *wsConn) enqueue(frame []byte) {
 	case c.out <- frame:
 	case <-c.done:
 	default:
+		c.metrics.SlowClose()
 		c.close(CloseTooSlow, "too far behind; reconnect with since")
 	}
 }
@@ -227,6 +235,7 @@ func (c *wsConn) writer() {
 				c.close(websocket.CloseAbnormalClosure, "write failed")
 				return
 			}
+			c.metrics.FrameSent()
 		case <-ping.C:
 			c.wmu.Lock()
 			err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.cfg.WriteTimeout))
@@ -305,7 +314,7 @@ func (s *server) ws(c echo.Context) error {
 	if err != nil {
 		return nil // the upgrader has answered the client
 	}
-	conn := &wsConn{ws: ws, out: make(chan []byte, s.WS.SendQueue), done: make(chan struct{}), user: user, cfg: &s.WS}
+	conn := &wsConn{ws: ws, out: make(chan []byte, s.WS.SendQueue), done: make(chan struct{}), user: user, cfg: &s.WS, metrics: s.Metrics}
 	if !s.Hub.add(conn) {
 		conn.close(websocket.CloseGoingAway, "server shutting down; reconnect")
 		return nil

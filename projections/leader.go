@@ -57,6 +57,7 @@ func (p *Projector) session(ctx context.Context) error {
 			return err
 		}
 		p.advance(cp)
+		p.Metrics.Position(cp)
 		wait, cancel := context.WithTimeout(ctx, standbyPoll)
 		n, err := conn.WaitForNotification(wait)
 		cancel()

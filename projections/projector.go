@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/streams"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -44,6 +45,8 @@ type Projector struct {
 	name      string
 	batchSize int
 	models    []readModel
+	// Metrics, when set, records batches, lag and pushes.
+	Metrics *metrics.Metrics
 	// Publish, when set, sends each applied event's frame to its audience's push subjects,
 	// after the transaction that applied it committed (push after commit, guarantee 7).
 	Publish func(subject string, seq uint64, data []byte) error
@@ -87,6 +90,7 @@ func (p *Projector) Run(ctx context.Context) {
 			break
 		}
 		p.setState(stateStopped, err)
+		p.Metrics.ProjectorFailed()
 		p.log.Warn("projector stopped; restarting from its checkpoint", "err", err, "backoff", backoff)
 		select {
 		case <-ctx.Done():
@@ -172,12 +176,15 @@ func (p *Projector) runOnce(ctx context.Context) error {
 func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	start := time.Now()
 	events := make([]domain.Event, 0, len(msgs))
+	var pending uint64 // events in the stream after this batch
 	for _, m := range msgs {
 		meta, err := m.Metadata()
 		if err != nil {
 			return fmt.Errorf("metadata of delivered message: %w", err)
 		}
+		pending = meta.NumPending
 		e, err := domain.DecodeEvent(m.Data())
 		if err != nil {
 			// Only chatd appends to the stream, and it validates what it appends; an event it
@@ -231,6 +238,7 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	if len(applied) > 0 {
 		p.batches.Add(1)
 		p.applied.Add(uint64(len(applied)))
+		p.Metrics.Batch(len(applied), time.Since(start), last, pending, applied[len(applied)-1].Time)
 	}
 	p.advance(max(last, events[len(events)-1].Seq))
 	p.publish(pushes(audience, applied))

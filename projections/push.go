@@ -174,7 +174,9 @@ func (p *Projector) publish(list []Push) {
 	}
 	for _, ps := range list {
 		for _, u := range ps.Users {
-			if err := p.Publish(streams.PushSubject(u), ps.Seq, ps.Frame); err != nil {
+			err := p.Publish(streams.PushSubject(u), ps.Seq, ps.Frame)
+			p.Metrics.Pushed(err)
+			if err != nil {
 				p.log.Warn("push failed; the client will resume", "seq", ps.Seq, "user", u, "err", err)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/metrics"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -29,6 +30,8 @@ type Store struct {
 	stream jetstream.Stream
 	limits domain.Limits
 	now    func() time.Time
+	// Metrics, when set, counts appends.
+	Metrics *metrics.Metrics
 
 	// convs caches conversation state by id. A stale entry is harmless: appends carry the
 	// sequence the decision was based on, and a refused append or decision reloads the state.
@@ -479,6 +482,7 @@ func (s *Store) append(ctx context.Context, e domain.Event, opts ...jetstream.Pu
 	}
 	opts = append([]jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(StreamName)}, opts...)
 	ack, err := s.js.Publish(ctx, subject, data, opts...)
+	s.Metrics.Append(e.Type, isWrongLastSequence(err), err)
 	if err != nil {
 		if isWrongLastSequence(err) {
 			return nil, err

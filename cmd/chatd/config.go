@@ -16,6 +16,7 @@ import (
 // its default; the defaults run the whole product on one machine.
 type Config struct {
 	Addr            string
+	AdminAddr       string
 	DataDir         string
 	NATSURL         string
 	NATSListen      string
@@ -48,6 +49,7 @@ func (c *Config) settings() []setting {
 	lim := &c.Limits
 	return []setting{
 		{"addr", "CHAT_ADDR", "HTTP listen address", false, (*stringValue)(&c.Addr)},
+		{"admin-addr", "CHAT_ADMIN_ADDR", "listen address of the pprof endpoints (keep it on loopback); empty turns them off", false, (*stringValue)(&c.AdminAddr)},
 		{"data-dir", "CHAT_DATA_DIR", "data directory: embedded NATS store, embedded PostgreSQL, generated secrets", false, (*stringValue)(&c.DataDir)},
 		{"nats-url", "CHAT_NATS_URL", "external NATS server(s); empty runs an embedded server", false, (*stringValue)(&c.NATSURL)},
 		{"nats-listen", "CHAT_NATS_LISTEN", "client address of the embedded NATS server", false, (*stringValue)(&c.NATSListen)},

@@ -35,9 +35,9 @@ func startProcess(t *testing.T, env map[string]string) *process {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{instance: &instance{t: t, out: out}, cmd: cmd}
+	p := &process{instance: &instance{t: t, out: out, stdo: &lockedBuffer{}}, cmd: cmd}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	u, err := awaitListening(stdout)
+	u, err := awaitListening(stdout, p.stdo)
 	if err != nil {
 		t.Fatalf("chatd process: %v\n%s", err, out)
 	}

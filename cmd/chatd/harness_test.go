@@ -38,9 +38,13 @@ type instance struct {
 	url    string
 	cancel context.CancelFunc
 	done   chan error
-	out    *lockedBuffer
+	out    *lockedBuffer // standard error: the logs
+	stdo   *lockedBuffer // standard output
 	once   sync.Once
 }
+
+// stdout returns what chatd has printed on standard output so far.
+func (in *instance) stdout() string { return in.stdo.String() }
 
 type lockedBuffer struct {
 	mu  sync.Mutex
@@ -76,13 +80,13 @@ func start(t *testing.T, env map[string]string, args ...string) *instance {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
-	in := &instance{t: t, cancel: cancel, done: make(chan error, 1), out: &lockedBuffer{}}
+	in := &instance{t: t, cancel: cancel, done: make(chan error, 1), out: &lockedBuffer{}, stdo: &lockedBuffer{}}
 	go func() {
 		err := run(ctx, args, func(k string) string { return env[k] }, pw, in.out)
 		pw.CloseWithError(fmt.Errorf("chatd exited: %v", err))
 		in.done <- err
 	}()
-	u, err := awaitListening(pr)
+	u, err := awaitListening(pr, in.stdo)
 	if err != nil {
 		t.Fatalf("chatd did not start: %v\n%s", err, in.out)
 	}
@@ -92,12 +96,13 @@ func start(t *testing.T, env map[string]string, args ...string) *instance {
 }
 
 // awaitListening reads chatd's standard output until it says where it listens, and keeps
-// draining it afterwards so that chatd never blocks on a full pipe.
-func awaitListening(stdout io.Reader) (string, error) {
+// copying it to copyTo afterwards so that chatd never blocks on a full pipe.
+func awaitListening(stdout io.Reader, copyTo *lockedBuffer) (string, error) {
 	urls := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			fmt.Fprintln(copyTo, sc.Text())
 			if u, ok := strings.CutPrefix(sc.Text(), "chatd listening on "); ok {
 				urls <- u
 			}

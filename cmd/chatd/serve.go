@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/chatd-dev/chatd/api"
+	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/migrations"
 	"github.com/chatd-dev/chatd/projections"
 	"github.com/chatd-dev/chatd/streams"
@@ -21,6 +23,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -89,8 +93,13 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 
+	registry := prometheus.NewRegistry()
+	m := metrics.New(registry)
+	store := streams.NewStore(js, stream, cfg.Limits)
+	store.Metrics = m
 	projector := projections.NewProjector(pool, stream, log)
 	projector.Publish = projections.PublishPush(natsConn)
+	projector.Metrics = m
 	projCtx, stopProjector := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { projector.Run(projCtx) })
@@ -98,19 +107,21 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 
 	hub := api.NewHub()
 	handler := api.New(api.Deps{
-		Commands:      streams.NewStore(js, stream, cfg.Limits),
-		Users:         projections.NewUsers(pool),
-		Conversations: projections.NewConversations(pool),
-		Messages:      projections.NewMessages(pool),
-		Projector:     projector,
-		Feed:          projections.NewFeed(natsConn, stream, pool),
-		Presence:      presence,
-		Hub:           hub,
-		WS:            api.WSConfig{AllowedOrigins: cfg.origins(), SendQueue: cfg.WSSendQueue, MaxReplay: cfg.WSMaxReplay},
-		Auth:          auth,
-		Log:           log,
-		MinSeqTimeout: cfg.MinSeqTimeout,
-		MaxBodyBytes:  int64(cfg.MaxBodyBytes),
+		Commands:       store,
+		Users:          projections.NewUsers(pool),
+		Conversations:  projections.NewConversations(pool),
+		Messages:       projections.NewMessages(pool),
+		Projector:      projector,
+		Feed:           projections.NewFeed(natsConn, stream, pool),
+		Presence:       presence,
+		Hub:            hub,
+		WS:             api.WSConfig{AllowedOrigins: cfg.origins(), SendQueue: cfg.WSSendQueue, MaxReplay: cfg.WSMaxReplay},
+		Auth:           auth,
+		Metrics:        m,
+		MetricsHandler: promhttp.HandlerFor(registry, promhttp.HandlerOpts{}),
+		Log:            log,
+		MinSeqTimeout:  cfg.MinSeqTimeout,
+		MaxBodyBytes:   int64(cfg.MaxBodyBytes),
 		Checks: []api.Check{
 			{Name: "nats", Check: func(context.Context) error {
 				if s := natsConn.Status(); s != nats.CONNECTED {
@@ -130,6 +141,14 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "chatd listening on http://%s\n", displayAddr(ln.Addr()))
+	if cfg.AdminAddr != "" {
+		admin, err := serveAdmin(cfg.AdminAddr, log)
+		if err != nil {
+			return err
+		}
+		closers.push("admin listener", func() { _ = admin.Close() })
+		fmt.Fprintf(stdout, "chatd admin (pprof) listening on http://%s\n", admin.Addr)
+	}
 
 	select {
 	case <-ctx.Done():
@@ -145,6 +164,27 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	// Hijacked WebSocket connections are not closed by Shutdown: say "going away" to each.
 	hub.CloseAll()
 	return nil
+}
+
+// serveAdmin serves the pprof endpoints on their own listener, which should be loopback only:
+// profiles reveal internals and cost CPU.
+func serveAdmin(addr string, log *slog.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listen on %s: %w", addr, err)
+	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		log.Warn("the admin (pprof) listener is not on loopback", "addr", ln.Addr())
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, nil
 }
 
 // closers runs shutdown steps in reverse order of start, logging how long each took.
