@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/api"
+	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 )
@@ -206,4 +207,50 @@ func dump(t *testing.T, url, query string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// While NATS is down, writes answer 503 at once (no waiting out a timeout) and reads keep
+// working; once NATS is back, writes work again and the projector resumes.
+func TestNATSRestart(t *testing.T) {
+	dir := t.TempDir()
+	ns := natstest.RunServer(t, dir)
+	addr := ns.Addr().String()
+	env := baseEnv(t)
+	env["CHAT_NATS_URL"] = ns.ClientURL()
+	env["DATABASE_URL"] = pgtest.NewDB(t)
+	c := start(t, env)
+	c.provision("alice", "Alice")
+	c.provision("bob", "Bob")
+	alice := c.token("alice")
+	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	path := "/api/v1/conversations/" + d.str("id") + "/messages"
+	first := c.must(201, "POST", path, alice, map[string]string{"client_msg_id": "1", "body": "before"})
+	c.must(200, "GET", path+"?min_seq="+first.header.Get("X-Chat-Seq"), alice, nil)
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	if r := c.do("POST", path, alice, map[string]string{"client_msg_id": "2", "body": "during"}); r.status != 503 || r.errCode() != "unavailable" {
+		t.Fatalf("send with NATS down: %d %s", r.status, r.raw)
+	}
+	if r := c.do("GET", path, alice, nil); r.status != 200 || len(r.list("messages")) != 1 {
+		t.Fatalf("read with NATS down: %d %s", r.status, r.raw)
+	}
+
+	natstest.RunServerAt(t, dir, addr)
+	var seq string
+	eventually(t, 30*time.Second, func() error {
+		r := c.do("POST", path, alice, map[string]string{"client_msg_id": "2", "body": "after"})
+		if r.status != 201 && r.status != 200 {
+			return fmt.Errorf("send after restart: %d %s", r.status, r.raw)
+		}
+		seq = r.header.Get("X-Chat-Seq")
+		return nil
+	})
+	eventually(t, 30*time.Second, func() error {
+		r := c.do("GET", path+"?min_seq="+seq, alice, nil)
+		if r.status != 200 || len(r.list("messages")) != 2 {
+			return fmt.Errorf("read after restart: %d %s", r.status, r.raw)
+		}
+		return nil
+	})
 }

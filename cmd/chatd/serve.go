@@ -247,6 +247,9 @@ func connectNATS(cfg Config, log *slog.Logger) (*nats.Conn, func(), error) {
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250 * time.Millisecond),
+		// No buffering while disconnected: an append then fails at once (503) instead of waiting
+		// out its timeout, and nothing is half-sent after the reconnect.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
 		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats reconnected") }),
 	}

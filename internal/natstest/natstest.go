@@ -17,10 +17,17 @@ import (
 // Cleanup. Passing the same dir to a second server after the first stopped restarts the store.
 func RunServer(tb testing.TB, dir string) *server.Server {
 	tb.Helper()
+	return RunServerAt(tb, dir, "127.0.0.1:0")
+}
+
+// RunServerAt is RunServer on a given address, so that a test can restart a server where
+// clients expect it.
+func RunServerAt(tb testing.TB, dir, listen string) *server.Server {
+	tb.Helper()
 	if dir == "" {
 		dir = tb.TempDir()
 	}
-	s, err := streams.RunServer(streams.ServerConfig{StoreDir: dir, Listen: "127.0.0.1:0", SyncInterval: time.Minute})
+	s, err := streams.RunServer(streams.ServerConfig{StoreDir: dir, Listen: listen, SyncInterval: time.Minute})
 	if err != nil {
 		tb.Fatalf("start nats: %v", err)
 	}
