@@ -1,0 +1,102 @@
+// Command chatbench drives a running chatd through its public API, the way real clients do, and
+// reports throughput and latencies (see docs/benchmarks.md).
+//
+//	chatbench -url http://127.0.0.1:8080 -service-key "$(cat data/service-key)" -users 1000 -directs 500 -senders 32 -duration 30s
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/chatd-dev/chatd/internal/bench"
+	"github.com/schollz/progressbar/v3"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "chatbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("chatbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := bench.Config{RunID: fmt.Sprintf("b%x", time.Now().UnixNano()&0xffffff)}
+	keyFile := fs.String("service-key-file", "data/service-key", "file holding the service key (when -service-key is empty)")
+	asJSON := fs.Bool("json", false, "print a machine-readable summary instead of the table")
+	fs.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "chatd base URL")
+	fs.StringVar(&cfg.ServiceKey, "service-key", os.Getenv("CHAT_SERVICE_KEY"), "the host site's service key")
+	fs.IntVar(&cfg.Users, "users", 100, "users, each with one WebSocket")
+	fs.IntVar(&cfg.Directs, "directs", 50, "direct conversations")
+	fs.IntVar(&cfg.Groups, "groups", 0, "groups")
+	fs.IntVar(&cfg.GroupSize, "group-size", 5, "members per group")
+	fs.IntVar(&cfg.Senders, "senders", 16, "concurrent senders (closed loop)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "total messages per second (open loop); 0 for closed loop")
+	fs.IntVar(&cfg.Messages, "messages", 0, "messages to send; 0 sends for -duration")
+	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to send when -messages is 0")
+	fs.IntVar(&cfg.BodyBytes, "body", 100, "message body bytes")
+	fs.DurationVar(&cfg.PushWait, "push-timeout", 10*time.Second, "a push not delivered this long after the last send counts as lost")
+	fs.IntVar(&cfg.SampleRead, "sample-read", 50, "poll every Nth message over REST for visibility (0: none)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if cfg.ServiceKey == "" {
+		b, err := os.ReadFile(*keyFile)
+		if err != nil {
+			return errors.New("no service key: pass -service-key, set CHAT_SERVICE_KEY, or point -service-key-file at chatd's data/service-key")
+		}
+		cfg.ServiceKey = strings.TrimSpace(string(b))
+	}
+	total := int64(cfg.Messages)
+	if total == 0 {
+		total = -1 // unknown: a spinner with counts
+	}
+	bar := progressbar.NewOptions64(total, progressbar.OptionSetWriter(stderr), progressbar.OptionSetDescription("sending"),
+		progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("msg"),
+		progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+	cfg.Progress = func(int) { _ = bar.Add(1) }
+	res, err := bench.Run(ctx, cfg)
+	_ = bar.Finish()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	report(stdout, res)
+	return nil
+}
+
+func report(w io.Writer, r bench.Result) {
+	fmt.Fprintf(w, "messages    %d sent, %d acknowledged, %d errors in %s\n", r.Sent, r.Acked, r.Errors, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "throughput  %.0f msg/s\n", r.Throughput)
+	fmt.Fprintf(w, "pushes      %d of %d delivered, %d lost, %d duplicated\n", r.Pushes, r.ExpectedPushes, r.LostPushes, r.Duplicates)
+	if r.FirstError != "" {
+		fmt.Fprintf(w, "first error %s\n", r.FirstError)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "latency\tn\tp50\tp90\tp99\tmax\t\n")
+	for _, l := range []struct {
+		name string
+		l    bench.Latency
+	}{{"POST", r.POST}, {"send→push", r.Push}, {"send→REST visible", r.ReadVisible}} {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t\n", l.name, l.l.N, ms(l.l.P50), ms(l.l.P90), ms(l.l.P99), ms(l.l.Max))
+	}
+	_ = tw.Flush()
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }

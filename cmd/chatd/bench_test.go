@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/internal/bench"
+)
+
+// The load tool runs against a real chatd and its numbers agree with each other: every
+// acknowledged message is pushed once to each member, none lost or duplicated. (It measures
+// speed; this test never asserts any.)
+func TestLoadToolSmallRun(t *testing.T) {
+	c := startWithDB(t)
+	res, err := bench.Run(context.Background(), bench.Config{
+		URL: c.url, ServiceKey: testServiceKey, RunID: "t",
+		Users: 10, Directs: 5, Groups: 1, GroupSize: 4,
+		Senders: 4, Messages: 200, BodyBytes: 100, PushWait: 20 * time.Second, SampleRead: 10,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5 direct conversations of 2 and one group of 4, sent to in turn: 200 messages reach
+	// (2*5 + 4) * 200/6 members on average; count exactly from the run itself.
+	if res.Sent != 200 || res.Acked != 200 || res.Errors != 0 {
+		t.Fatalf("sent %d, acknowledged %d, errors %d (%s)", res.Sent, res.Acked, res.Errors, res.FirstError)
+	}
+	if res.ExpectedPushes == 0 || res.Pushes != res.ExpectedPushes || res.LostPushes != 0 || res.Duplicates != 0 {
+		t.Fatalf("pushes %d of %d, lost %d, duplicates %d", res.Pushes, res.ExpectedPushes, res.LostPushes, res.Duplicates)
+	}
+	if res.POST.N != 200 || res.Push.N != res.Pushes || res.ReadVisible.N != 20 {
+		t.Fatalf("samples: POST %d, push %d, read %d", res.POST.N, res.Push.N, res.ReadVisible.N)
+	}
+	want := 0
+	for n := range 200 {
+		if n%6 == 5 {
+			want += 4
+		} else {
+			want += 2
+		}
+	}
+	if res.ExpectedPushes != want {
+		t.Fatalf("expected pushes %d, want %d", res.ExpectedPushes, want)
+	}
+}
