@@ -5,6 +5,7 @@ package api
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/projections"
+	"github.com/chatd-dev/chatd/streams"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 )
@@ -27,6 +29,7 @@ type Commands interface {
 	EditMessage(ctx context.Context, actor, msgID, body string) (domain.Message, uint64, error)
 	DeleteMessage(ctx context.Context, actor, msgID string) (domain.Message, uint64, error)
 	MarkRead(ctx context.Context, actor, convID string, seq uint64) (uint64, error)
+	Export(ctx context.Context, f streams.ExportFilter, w io.Writer) (int, error)
 	Conversation(ctx context.Context, id string) (domain.Conversation, uint64, error)
 }
 
@@ -113,6 +116,7 @@ func New(d Deps) *echo.Echo {
 	v1.GET("/messages/:id", s.getMessage, user)
 	v1.PATCH("/messages/:id", s.patchMessage, user)
 	v1.DELETE("/messages/:id", s.deleteMessage, user)
+	v1.GET("/admin/events", s.exportEvents, user, s.requireAdmin)
 	v1.GET("/ws", s.ws) // authenticates itself: browsers cannot send headers on a WebSocket
 	return e
 }

@@ -39,10 +39,14 @@ func NewAuth(serviceKey, jwtSecret string, maxTTL time.Duration) (*Auth, error) 
 // Claims are what a user token says.
 type Claims struct {
 	jwt.RegisteredClaims
+	// Admin grants the admin endpoints (audit export). Only the host grants it: in tokens it
+	// signs, or through POST /api/v1/tokens with its service key.
+	Admin bool `json:"admin,omitempty"`
 }
 
-// Mint returns a token for user valid for ttl (at most the configured maximum).
-func (a *Auth) Mint(user string, ttl time.Duration) (string, time.Time, error) {
+// Mint returns a token for user valid for ttl (at most the configured maximum); admin tokens
+// also open the admin endpoints.
+func (a *Auth) Mint(user string, ttl time.Duration, admin bool) (string, time.Time, error) {
 	if err := domain.ValidUserID(user); err != nil {
 		return "", time.Time{}, err
 	}
@@ -56,7 +60,7 @@ func (a *Auth) Mint(user string, ttl time.Duration) (string, time.Time, error) {
 		Subject:   user,
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(exp),
-	}})
+	}, admin})
 	s, err := tok.SignedString(a.secret)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
@@ -67,14 +71,15 @@ func (a *Auth) Mint(user string, ttl time.Duration) (string, time.Time, error) {
 // Verify checks a user token and returns the user it names. The algorithm is pinned to HS256
 // (no "none", no key confusion), and an expiry is required.
 func (a *Auth) Verify(token string) (string, error) {
-	user, _, err := a.verify(token)
-	return user, err
+	c, err := a.verify(token)
+	return c.Subject, err
 }
 
-// verify also returns when the token expires, for connections that outlive requests.
-func (a *Auth) verify(token string) (string, time.Time, error) {
+// verify returns all the token says: who, until when (for connections that outlive requests),
+// and whether they are an admin.
+func (a *Auth) verify(token string) (Claims, error) {
 	if token == "" {
-		return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "this endpoint needs a user token")
+		return Claims{}, domain.Errorf(domain.CodeUnauthenticated, "this endpoint needs a user token")
 	}
 	var claims Claims
 	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.secret, nil },
@@ -86,14 +91,14 @@ func (a *Auth) verify(token string) (string, time.Time, error) {
 	)
 	if err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {
-			return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "the token has expired")
+			return Claims{}, domain.Errorf(domain.CodeUnauthenticated, "the token has expired")
 		}
-		return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "invalid token")
+		return Claims{}, domain.Errorf(domain.CodeUnauthenticated, "invalid token")
 	}
 	if domain.ValidUserID(claims.Subject) != nil {
-		return "", time.Time{}, domain.Errorf(domain.CodeUnauthenticated, "the token's subject is not a valid user id")
+		return Claims{}, domain.Errorf(domain.CodeUnauthenticated, "the token's subject is not a valid user id")
 	}
-	return claims.Subject, claims.ExpiresAt.Time, nil
+	return claims, nil
 }
 
 // validServiceKey compares in constant time.
@@ -110,7 +115,10 @@ func bearer(c echo.Context) (string, bool) {
 	return strings.TrimSpace(tok), true
 }
 
-const userKey = "chatd.user"
+const (
+	userKey  = "chatd.user"
+	adminKey = "chatd.admin"
+)
 
 func (s *server) requireServiceKey(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
@@ -130,12 +138,23 @@ func (s *server) requireUser(next echo.HandlerFunc) echo.HandlerFunc {
 			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="chatd"`)
 			return domain.Errorf(domain.CodeUnauthenticated, "this endpoint needs a user token as a Bearer token")
 		}
-		user, err := s.Auth.Verify(tok)
+		claims, err := s.Auth.verify(tok)
 		if err != nil {
 			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="chatd", error="invalid_token"`)
 			return err
 		}
-		c.Set(userKey, user)
+		c.Set(userKey, claims.Subject)
+		c.Set(adminKey, claims.Admin)
+		return next(c)
+	}
+}
+
+// requireAdmin runs after requireUser: the token must carry the admin claim.
+func (s *server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if admin, _ := c.Get(adminKey).(bool); !admin {
+			return domain.Errorf(domain.CodeForbidden, "this endpoint needs a token with the admin claim")
+		}
 		return next(c)
 	}
 }

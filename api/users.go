@@ -43,6 +43,7 @@ func (s *server) postToken(c echo.Context) error {
 	var req struct {
 		UserID     string `json:"user_id"`
 		TTLSeconds int64  `json:"ttl_seconds"`
+		Admin      bool   `json:"admin"`
 	}
 	if err := s.bind(c, &req); err != nil {
 		return err
@@ -63,7 +64,7 @@ func (s *server) postToken(c echo.Context) error {
 	if !ok {
 		return domain.Errorf(domain.CodeNotFound, "user %s has not been provisioned (PUT /api/v1/users/%s first)", req.UserID, req.UserID)
 	}
-	tok, exp, err := s.Auth.Mint(req.UserID, time.Duration(req.TTLSeconds)*time.Second)
+	tok, exp, err := s.Auth.Mint(req.UserID, time.Duration(req.TTLSeconds)*time.Second, req.Admin)
 	if err != nil {
 		return err
 	}

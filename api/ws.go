@@ -297,10 +297,11 @@ func (s *server) checkOrigin(r *http.Request) bool {
 // ws: GET /api/v1/ws?token=&since=&epoch= — the push channel. See docs/api.md for frames,
 // close codes and the resume contract.
 func (s *server) ws(c echo.Context) error {
-	user, exp, err := s.Auth.verify(websocketToken(c))
+	claims, err := s.Auth.verify(websocketToken(c))
 	if err != nil {
 		return err
 	}
+	user, exp := claims.Subject, claims.ExpiresAt.Time
 	if !s.checkOrigin(c.Request()) {
 		return domain.Errorf(domain.CodeForbidden, "origin %q may not open the chat", c.Request().Header.Get("Origin"))
 	}

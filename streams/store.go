@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -407,6 +408,11 @@ func (s *Store) changeMessage(ctx context.Context, actor, msgID string, decide f
 		return m, ack.Sequence, err
 	}
 	return domain.Message{}, 0, errBusy("message " + msgID)
+}
+
+// Export writes the events f selects as JSON Lines (see the package function Export).
+func (s *Store) Export(ctx context.Context, f ExportFilter, w io.Writer) (int, error) {
+	return Export(ctx, s.stream, f, w)
 }
 
 // MarkRead moves the actor's read marker in a conversation.

@@ -134,6 +134,7 @@ func runToken(args []string, getenv func(string) string, stdout, stderr io.Write
 	fs.SetOutput(stderr)
 	user := fs.String("user", "", "user id the token is for (required)")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
+	admin := fs.Bool("admin", false, "grant the admin claim (audit export)")
 	// The remaining settings (data dir, secret) come from the environment as for the server.
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -154,7 +155,7 @@ func runToken(args []string, getenv func(string) string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	tok, _, err := auth.Mint(*user, *ttl)
+	tok, _, err := auth.Mint(*user, *ttl, *admin)
 	if err != nil {
 		return err
 	}

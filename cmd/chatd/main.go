@@ -3,7 +3,9 @@
 //
 //	chatd             run the server (the default)
 //	chatd migrate     bring the read-model schema up to date and exit
-//	chatd token --user alice [--ttl 1h]   print a user token for local use
+//	chatd token --user alice [--ttl 1h] [--admin]   print a user token for local use
+//	chatd audit export [--conversation ID] [--actor U] [--type T] [--from-seq N] [--to-seq N]
+//	                   [--since T] [--until T]       write the event log as JSON Lines
 package main
 
 import (
@@ -27,7 +29,7 @@ func main() {
 // run is chatd's whole life, with its dependencies passed in so tests can start it on port 0.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "serve" || args[0] == "migrate" || args[0] == "token") {
+	if len(args) > 0 && (args[0] == "serve" || args[0] == "migrate" || args[0] == "token" || args[0] == "audit") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -35,6 +37,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runMigrate(ctx, args, getenv, stdout, stderr)
 	case "token":
 		return runToken(args, getenv, stdout, stderr)
+	case "audit":
+		return runAudit(ctx, args, getenv, stdout, stderr)
 	}
 	return runServe(ctx, args, getenv, stdout, stderr)
 }
