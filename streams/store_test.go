@@ -346,3 +346,21 @@ func TestWritesFailFastWhenNATSIsDown(t *testing.T) {
 		t.Fatal("send hung")
 	}
 }
+
+// With DenyDelete the log can only grow, and a later start without it keeps it so.
+func TestDenyDelete(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	nc := natstest.Connect(t, s)
+	_, st := natstest.Stream(t, nc, streams.Config{DenyDelete: true})
+	ctx := ctxT(t)
+	if err := st.Purge(ctx); err == nil {
+		t.Fatal("purge allowed on a deny-delete stream")
+	}
+	_, st = natstest.Stream(t, nc, streams.Config{}) // a restart without the setting
+	if err := st.Purge(ctx); err == nil {
+		t.Fatal("purge allowed after a restart without DenyDelete")
+	}
+	if err := st.DeleteMsg(ctx, 1); err == nil {
+		t.Fatal("delete allowed")
+	}
+}

@@ -36,6 +36,10 @@ type Config struct {
 	// rests on per-message subjects (see Store.SendMessage), so it only needs to cover
 	// concurrent retries.
 	DuplicateWindow time.Duration
+	// DenyDelete makes JetStream refuse message deletes and purges by any client: the log can
+	// only grow. JetStream never lets a stream take this back, so once set it stays set, even if
+	// a later start asks without it.
+	DenyDelete bool
 }
 
 // Setup creates the stream, or updates it to cfg, and returns it.
@@ -46,6 +50,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 	if cfg.DuplicateWindow <= 0 {
 		cfg.DuplicateWindow = 2 * time.Minute
 	}
+	if existing, err := js.Stream(ctx, StreamName); err == nil && existing.CachedInfo().Config.DenyDelete {
+		cfg.DenyDelete = true
+	}
 	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "chatd events: the source of truth; read models are built from it",
@@ -55,6 +62,8 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 		Replicas:    cfg.Replicas,
 		Duplicates:  cfg.DuplicateWindow,
 		AllowDirect: true, // state lookups by subject are direct gets, served by any replica
+		DenyDelete:  cfg.DenyDelete,
+		DenyPurge:   cfg.DenyDelete,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", StreamName, err)

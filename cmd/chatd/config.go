@@ -25,6 +25,7 @@ type Config struct {
 	ServiceKey      string
 	JWTSecret       string
 	StreamReplicas  int
+	DenyDelete      bool
 	DuplicateWindow time.Duration
 	TokenMaxTTL     time.Duration
 	MinSeqTimeout   time.Duration
@@ -58,6 +59,7 @@ func (c *Config) settings() []setting {
 		{"service-key", "CHAT_SERVICE_KEY", "the host site's key for the service API (generated into the data directory when empty)", true, (*stringValue)(&c.ServiceKey)},
 		{"jwt-secret", "CHAT_JWT_SECRET", "HS256 secret shared with the host for user tokens (generated when empty)", true, (*stringValue)(&c.JWTSecret)},
 		{"stream-replicas", "CHAT_STREAM_REPLICAS", "replicas of the events stream (3 on a NATS cluster)", false, (*intValue)(&c.StreamReplicas)},
+		{"stream-deny-delete", "CHAT_STREAM_DENY_DELETE", "make the events stream refuse deletes and purges by every client (cannot be undone)", false, (*boolValue)(&c.DenyDelete)},
 		{"duplicate-window", "CHAT_DUPLICATE_WINDOW", "JetStream duplicate window for concurrent retries", false, (*durationValue)(&c.DuplicateWindow)},
 		{"token-max-ttl", "CHAT_TOKEN_MAX_TTL", "longest lifetime of a minted user token", false, (*durationValue)(&c.TokenMaxTTL)},
 		{"min-seq-timeout", "CHAT_MIN_SEQ_TIMEOUT", "longest wait of a read with min_seq", false, (*durationValue)(&c.MinSeqTimeout)},
@@ -198,6 +200,19 @@ func (v *intValue) Set(s string) error {
 	return nil
 }
 func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("not true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
 
 type durationValue time.Duration
 

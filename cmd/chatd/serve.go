@@ -73,7 +73,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	stream, err := streams.Setup(ctx, js, streams.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow})
+	stream, err := streams.Setup(ctx, js, streams.Config{Replicas: cfg.StreamReplicas, DuplicateWindow: cfg.DuplicateWindow, DenyDelete: cfg.DenyDelete})
 	if err != nil {
 		return err
 	}
