@@ -36,6 +36,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := bench.Config{RunID: fmt.Sprintf("b%x", time.Now().UnixNano()&0xffffff)}
 	keyFile := fs.String("service-key-file", "data/service-key", "file holding the service key (when -service-key is empty)")
 	asJSON := fs.Bool("json", false, "print a machine-readable summary instead of the table")
+	idle := fs.Int("idle", 0, "idle-connections mode: open this many WebSockets (over -users users) and report chatd's memory per connection")
 	fs.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "chatd base URL")
 	fs.StringVar(&cfg.ServiceKey, "service-key", os.Getenv("CHAT_SERVICE_KEY"), "the host site's service key")
 	fs.IntVar(&cfg.Users, "users", 100, "users, each with one WebSocket")
@@ -58,6 +59,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New("no service key: pass -service-key, set CHAT_SERVICE_KEY, or point -service-key-file at chatd's data/service-key")
 		}
 		cfg.ServiceKey = strings.TrimSpace(string(b))
+	}
+	if *idle > 0 {
+		res, err := bench.Idle(ctx, bench.IdleConfig{URL: cfg.URL, ServiceKey: cfg.ServiceKey, RunID: cfg.RunID,
+			Users: cfg.Users, Connections: *idle, Settle: 3 * time.Second})
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(res)
+		}
+		fmt.Fprintf(stdout, "connections %d\nchatd RSS   %.1f MiB before, %.1f MiB after\nper conn    %.1f KiB\ngoroutines  %.0f\n",
+			res.Connections, res.RSSBefore/(1<<20), res.RSSAfter/(1<<20), res.BytesPerConnection/1024, res.GoroutinesAfter)
+		return nil
 	}
 	total := int64(cfg.Messages)
 	if total == 0 {

@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Users < 2 || cfg.Senders < 1 || (cfg.Directs < 1 && cfg.Groups < 1) {
 		return Result{}, errors.New("need at least 2 users, 1 sender and 1 conversation")
 	}
-	c := &client{base: strings.TrimRight(cfg.URL, "/"), http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Senders + 8}}}
+	c := &client{base: strings.TrimRight(cfg.URL, "/"), http: newHTTPClient(cfg.Senders + 8)}
 	users := make([]string, cfg.Users)
 	tokens := map[string]string{}
 	for i := range users {
@@ -280,6 +280,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.FirstError = v
 	}
 	return res, nil
+}
+
+func newHTTPClient(conns int) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: conns}}
 }
 
 // client speaks chatd's API.
