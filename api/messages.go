@@ -82,7 +82,10 @@ func (s *server) getMessage(c echo.Context) error {
 		return err
 	}
 	if err := s.requireMember(c, convID); err != nil {
-		return domain.Errorf(domain.CodeNotFound, "message not found")
+		if domain.ErrorCode(err) == domain.CodeNotFound {
+			return domain.Errorf(domain.CodeNotFound, "message not found")
+		}
+		return err // e.g. 503 while the read models are down: retry, not "gone"
 	}
 	m, err := s.Messages.Get(c.Request().Context(), c.Param("id"))
 	if err != nil {

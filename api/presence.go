@@ -67,6 +67,13 @@ func (s *server) announce(user string, online bool) {
 		s.Log.Warn("presence not announced", "user", user, "err", err)
 		return
 	}
+	if !online {
+		// A reload's new connection may have come up meanwhile: do not let a late "offline"
+		// overtake its "online".
+		if now, err := s.Presence.Online(ctx, []string{user}); err == nil && len(now) > 0 {
+			return
+		}
+	}
 	frame := mustJSON(controlFrame{Type: "presence", Data: map[string]any{"user_id": user, "online": online}})
 	for _, c := range contacts {
 		_ = s.Feed.Send(c, frame)

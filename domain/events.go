@@ -3,6 +3,7 @@ package domain
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -24,6 +25,10 @@ const (
 	TypeMessageDeleted      = "message.deleted"
 	TypeReadUpdated         = "read.updated"
 )
+
+// ErrNewerSchema means an event was written by a newer chatd than this one. Readers must not
+// skip it (the read models would silently differ); they stop until they are upgraded.
+var ErrNewerSchema = errors.New("event from a newer schema version")
 
 // ActorService is the actor of events caused by the host site through its service key.
 const ActorService = "service"
@@ -102,7 +107,10 @@ func DecodeEvent(b []byte) (Event, error) {
 	if err := json.Unmarshal(b, &e); err != nil {
 		return Event{}, fmt.Errorf("decode event: %w", err)
 	}
-	if e.V < 1 || e.V > SchemaVersion {
+	if e.V > SchemaVersion {
+		return Event{}, fmt.Errorf("decode event %s: %w (version %d, this build reads up to %d)", e.ID, ErrNewerSchema, e.V, SchemaVersion)
+	}
+	if e.V < 1 {
 		return Event{}, fmt.Errorf("decode event %s: unsupported schema version %d", e.ID, e.V)
 	}
 	if e.Type == "" || e.ID == "" || e.Time.IsZero() {

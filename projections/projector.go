@@ -186,6 +186,11 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 		}
 		pending = meta.NumPending
 		e, err := domain.DecodeEvent(m.Data())
+		if errors.Is(err, domain.ErrNewerSchema) {
+			// Skipping it would leave read models that differ from a rebuild: stop here, loudly,
+			// until this node runs a chatd that reads it (readyz reports the error meanwhile).
+			return fmt.Errorf("event at %d needs a newer chatd: %w", meta.Sequence.Stream, err)
+		}
 		if err != nil {
 			// Only chatd appends to the stream, and it validates what it appends; an event it
 			// cannot read is logged loudly and skipped rather than stopping every conversation.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -92,6 +93,9 @@ func Export(ctx context.Context, stream jetstream.Stream, f ExportFilter, w io.W
 			if seq > last || (!f.Until.IsZero() && meta.Timestamp.After(f.Until)) {
 				return written, bw.Flush()
 			}
+			if !f.Since.IsZero() && meta.Timestamp.Before(f.Since) {
+				continue // from_seq started the consumer; since still applies
+			}
 			if f.Actor != "" || f.Type != "" {
 				var env struct{ Type, Actor string }
 				if json.Unmarshal(m.Data(), &env) != nil || (f.Actor != "" && env.Actor != f.Actor) || (f.Type != "" && env.Type != f.Type) {
@@ -114,7 +118,8 @@ func Export(ctx context.Context, stream jetstream.Stream, f ExportFilter, w io.W
 			return written, domain.Unavailable("the event stream is unavailable", fmt.Errorf("export: %w", err))
 		}
 		if got == 0 {
-			break
+			// Events are pending but none came: never pass a truncated log off as complete.
+			return written, domain.Unavailable("the event stream is unavailable", errors.New("export fetched nothing while events were pending"))
 		}
 		if err := bw.Flush(); err != nil {
 			return written, err

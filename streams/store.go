@@ -172,10 +172,11 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 	return c, true, ack.Sequence, nil
 }
 
-// Conversation returns the current state of a conversation from the stream and the sequence of
-// the event it comes from. It does not check membership: callers decide.
+// Conversation returns the current state of a conversation, read fresh from the stream (never
+// from the cache: callers use it to decide who may see what), and the sequence of the event it
+// comes from. It does not check membership: callers decide.
 func (s *Store) Conversation(ctx context.Context, id string) (domain.Conversation, uint64, error) {
-	return s.conversation(ctx, id, false)
+	return s.conversation(ctx, id, true)
 }
 
 func (s *Store) conversation(ctx context.Context, id string, fresh bool) (domain.Conversation, uint64, error) {
@@ -222,6 +223,10 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, decide 
 			return nil, 0, err
 		}
 		if e == nil {
+			if !fresh {
+				fresh = true // "nothing to do" on cached state may be stale too
+				continue
+			}
 			return nil, metaSeq, nil
 		}
 		ack, err := s.append(ctx, *e, append(opts, jetstream.WithExpectLastSequenceForSubject(metaSeq, metaSubject(convID)))...)

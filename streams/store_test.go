@@ -364,3 +364,34 @@ func TestDenyDelete(t *testing.T) {
 		t.Fatal("delete allowed")
 	}
 }
+
+// A node whose cache still lists carol must not answer "already a member" after another node
+// removed her: the no-op is decided again on fresh state, and the re-add is appended.
+func TestReAddAfterRemovalOnAnotherNode(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	a, b := newNode(t, s, streams.Config{}), newNode(t, s, streams.Config{})
+	provision(t, a.store, "alice", "bob", "carol")
+	ctx := ctxT(t)
+	g, _, _, err := a.store.CreateConversation(ctx, "alice", domain.KindGroup, "club", []string{"bob", "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, removed, err := b.store.RemoveMember(ctx, "alice", g.ID, "carol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, seq, err := a.store.AddMember(ctx, "alice", g.ID, "carol")
+	if err != nil || seq <= removed || !c.IsMember("carol") {
+		t.Fatalf("re-add on the stale node: seq %d (removal at %d), members %v, err %v", seq, removed, c.Members, err)
+	}
+	if n := count(events(t, a.stream), domain.TypeMemberJoined); n != 1 {
+		t.Fatalf("%d member.joined events, want 1", n)
+	}
+	// Conversation() is what visibility checks use: it must never answer from the stale cache.
+	if _, _, err := b.store.RemoveMember(ctx, "alice", g.ID, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	if c, _, err := a.store.Conversation(ctx, g.ID); err != nil || c.IsMember("carol") {
+		t.Fatalf("Conversation on the stale node lists %v (err %v)", c.Members, err)
+	}
+}

@@ -47,6 +47,9 @@ func TestSendWhilePostgresIsDown(t *testing.T) {
 	if r.status != 503 || r.errCode() != "unavailable" || r.header.Get("Retry-After") == "" {
 		t.Fatalf("read with PostgreSQL down: %d %s", r.status, r.raw)
 	}
+	if r := c.do("GET", "/api/v1/messages/"+d.str("id")+"-aaaaaaaaaaaaaaaaaaaa", alice, nil); r.status != 503 {
+		t.Fatalf("one message with PostgreSQL down: %d %s, want 503 (not 404)", r.status, r.raw)
+	}
 	if r := c.do("GET", "/readyz", "", nil); r.status != 503 || !strings.Contains(string(r.raw), "postgres") {
 		t.Fatalf("readyz with PostgreSQL down: %d %s", r.status, r.raw)
 	}
