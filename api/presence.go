@@ -17,45 +17,38 @@ type Presence interface {
 	Online(ctx context.Context, users []string) ([]string, error)
 }
 
-// presenceRefresh is how often a connection renews its presence key (streams.PresenceRefresh).
-const presenceRefresh = 15 * time.Second
-
-// trackPresence marks the connection's user online for as long as conn lives, telling their
-// contacts when they come online and when their last connection goes.
-func (s *server) trackPresence(conn *wsConn) {
+// trackPresence marks the connection's user online and returns what to call when the
+// connection ends. The key is renewed at every heartbeat (every 25 s by default, well within
+// the bucket's 45 s TTL); contacts hear when the user comes online and when their last
+// connection goes.
+func (s *server) trackPresence(conn *wsConn) (done func()) {
 	if s.Presence == nil {
-		return
+		return func() {}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	key, err := s.Presence.Connect(ctx, conn.user)
 	cancel()
 	if err != nil {
 		s.Log.Warn("presence unavailable", "err", err)
-		return
+		return func() {}
 	}
 	s.announce(conn.user, true)
-	go func() {
-		t := time.NewTicker(presenceRefresh)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				if err := s.Presence.Refresh(ctx, key); err != nil {
-					s.Log.Warn("presence refresh failed", "err", err)
-				}
-				cancel()
-			case <-conn.done:
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				still, err := s.Presence.Disconnect(ctx, key)
-				cancel()
-				if err == nil && !still {
-					s.announce(conn.user, false)
-				}
-				return
-			}
+	refresh := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Presence.Refresh(ctx, key); err != nil {
+			s.Log.Warn("presence refresh failed", "err", err)
 		}
-	}()
+	}
+	conn.onPing.Store(&refresh)
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		still, err := s.Presence.Disconnect(ctx, key)
+		cancel()
+		if err == nil && !still {
+			s.announce(conn.user, false)
+		}
+	}
 }
 
 // announce sends a presence frame about user to everyone who shares a conversation with them.

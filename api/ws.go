@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -115,16 +116,19 @@ func (h *Hub) CloseAll() {
 // the replay; one writer goroutine sends them, so a slow client only ever fills its own queue.
 type wsConn struct {
 	ws      *websocket.Conn
-	out     chan []byte
+	out     frameQueue
 	done    chan struct{}
 	once    sync.Once
 	user    string
 	cfg     *WSConfig
 	metrics *metrics.Metrics
-	wmu     sync.Mutex // serialises control frames with the writer
-	state   sync.Mutex // guards live, floor and pending
-	live    bool
-	floor   uint64 // live frames at or below this seq were replayed (or predate the client)
+	// onPing, when set, runs (in its own goroutine) at every heartbeat: presence renews its key
+	// there rather than in a goroutine of its own per connection.
+	onPing atomic.Pointer[func()]
+	wmu    sync.Mutex // serialises control frames with the writer
+	state  sync.Mutex // guards live, floor and pending
+	live   bool
+	floor  uint64 // live frames at or below this seq were replayed (or predate the client)
 	// pending holds live frames that arrive while the replay runs.
 	pending []pendingFrame
 }
@@ -180,12 +184,58 @@ func (c *wsConn) goLive(ctx context.Context, floor uint64) error {
 	}
 }
 
+// frameQueue holds a connection's frames until the writer takes them. It allocates only for
+// frames actually waiting, so an idle connection costs a few words, not a preallocated buffer
+// per connection.
+type frameQueue struct {
+	mu    sync.Mutex
+	items [][]byte
+	max   int
+	ready chan struct{} // signalled when frames wait
+	space chan struct{} // signalled when the writer took frames
+}
+
+func newFrameQueue(max int) frameQueue {
+	return frameQueue{max: max, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+}
+
+// push adds a frame unless max frames already wait.
+func (q *frameQueue) push(frame []byte) bool {
+	q.mu.Lock()
+	if len(q.items) >= q.max {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, frame)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take removes and returns every waiting frame.
+func (q *frameQueue) take() [][]byte {
+	q.mu.Lock()
+	items := q.items
+	q.items = nil
+	q.mu.Unlock()
+	select {
+	case q.space <- struct{}{}:
+	default:
+	}
+	return items
+}
+
 // enqueue never blocks: a client whose queue is full is closed and resumes later with since.
 func (c *wsConn) enqueue(frame []byte) {
 	select {
-	case c.out <- frame:
 	case <-c.done:
+		return
 	default:
+	}
+	if !c.out.push(frame) {
 		c.metrics.SlowClose()
 		c.close(CloseTooSlow, "too far behind; reconnect with since")
 	}
@@ -194,14 +244,16 @@ func (c *wsConn) enqueue(frame []byte) {
 // enqueueWait is for the replay, which may hold more frames than the queue: it waits for the
 // writer instead of treating a full queue as a slow client.
 func (c *wsConn) enqueueWait(ctx context.Context, frame []byte) error {
-	select {
-	case c.out <- frame:
-		return nil
-	case <-c.done:
-		return errors.New("connection closed during replay")
-	case <-ctx.Done():
-		return ctx.Err()
+	for !c.out.push(frame) {
+		select {
+		case <-c.out.space:
+		case <-c.done:
+			return errors.New("connection closed during replay")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
+	return nil
 }
 
 // close ends the connection, with a close frame unless the connection already failed (1006
@@ -226,17 +278,22 @@ func (c *wsConn) writer() {
 		select {
 		case <-c.done:
 			return
-		case frame := <-c.out:
-			c.wmu.Lock()
-			_ = c.ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-			err := c.ws.WriteMessage(websocket.TextMessage, frame)
-			c.wmu.Unlock()
-			if err != nil {
-				c.close(websocket.CloseAbnormalClosure, "write failed")
-				return
+		case <-c.out.ready:
+			for _, frame := range c.out.take() {
+				c.wmu.Lock()
+				_ = c.ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+				err := c.ws.WriteMessage(websocket.TextMessage, frame)
+				c.wmu.Unlock()
+				if err != nil {
+					c.close(websocket.CloseAbnormalClosure, "write failed")
+					return
+				}
+				c.metrics.FrameSent()
 			}
-			c.metrics.FrameSent()
 		case <-ping.C:
+			if f := c.onPing.Load(); f != nil {
+				go (*f)()
+			}
 			c.wmu.Lock()
 			err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.cfg.WriteTimeout))
 			c.wmu.Unlock()
@@ -315,7 +372,7 @@ func (s *server) ws(c echo.Context) error {
 	if err != nil {
 		return nil // the upgrader has answered the client
 	}
-	conn := &wsConn{ws: ws, out: make(chan []byte, s.WS.SendQueue), done: make(chan struct{}), user: user, cfg: &s.WS, metrics: s.Metrics}
+	conn := &wsConn{ws: ws, out: newFrameQueue(s.WS.SendQueue), done: make(chan struct{}), user: user, cfg: &s.WS, metrics: s.Metrics}
 	if !s.Hub.add(conn) {
 		conn.close(websocket.CloseGoingAway, "server shutting down; reconnect")
 		return nil
@@ -340,7 +397,7 @@ func (s *server) ws(c echo.Context) error {
 		conn.close(websocket.CloseTryAgainLater, "try again")
 		return nil
 	}
-	s.trackPresence(conn)
+	defer s.trackPresence(conn)()
 	s.readClient(ctx, conn)
 	return nil
 }

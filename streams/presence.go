@@ -15,11 +15,9 @@ import (
 // refreshing it. A user is online while any of their keys exists, on any node.
 const PresenceBucket = "CHAT_PRESENCE"
 
-// PresenceTTL bounds how long a crashed node's connections still count as online.
+// PresenceTTL bounds how long a crashed node's connections still count as online. Live
+// connections renew their key at every WebSocket heartbeat (25 s), well within it.
 const PresenceTTL = 45 * time.Second
-
-// PresenceRefresh is how often a live connection renews its key.
-const PresenceRefresh = 15 * time.Second
 
 // Presence tracks who is online across all chatd nodes.
 type Presence struct{ kv jetstream.KeyValue }
