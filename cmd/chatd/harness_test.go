@@ -242,6 +242,17 @@ func (in *instance) token(user string) string {
 	return in.must(201, "POST", "/api/v1/tokens", testServiceKey, map[string]any{"user_id": user, "ttl_seconds": 600}).str("token")
 }
 
+// aliceAndBob provisions alice and bob, and returns alice's token and their direct
+// conversation's id, the starting point of most tests.
+func (in *instance) aliceAndBob() (alice, conv string) {
+	in.t.Helper()
+	in.provision("alice", "Alice")
+	in.provision("bob", "Bob")
+	alice = in.token("alice")
+	d := in.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	return alice, d.str("id")
+}
+
 // eventually polls f until it returns nil or the deadline passes.
 func eventually(t *testing.T, within time.Duration, f func() error) {
 	t.Helper()

@@ -18,13 +18,10 @@ func TestMetricsAndPprof(t *testing.T) {
 	env["DATABASE_URL"] = pgtest.NewDB(t)
 	env["CHAT_ADMIN_ADDR"] = "127.0.0.1:0"
 	c := start(t, env)
-	c.provision("alice", "Alice")
-	c.provision("bob", "Bob")
-	alice := c.token("alice")
-	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	alice, conv := c.aliceAndBob()
 	var seq string
 	for _, id := range []string{"1", "2", "3"} {
-		seq = c.must(201, "POST", "/api/v1/conversations/"+d.str("id")+"/messages", alice, map[string]string{"client_msg_id": id, "body": "hi"}).header.Get("X-Chat-Seq")
+		seq = c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", alice, map[string]string{"client_msg_id": id, "body": "hi"}).header.Get("X-Chat-Seq")
 	}
 	c.must(200, "GET", "/api/v1/me?min_seq="+seq, alice, nil)
 

@@ -222,11 +222,8 @@ func TestNATSRestart(t *testing.T) {
 	env["CHAT_NATS_URL"] = ns.ClientURL()
 	env["DATABASE_URL"] = pgtest.NewDB(t)
 	c := start(t, env)
-	c.provision("alice", "Alice")
-	c.provision("bob", "Bob")
-	alice := c.token("alice")
-	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
-	path := "/api/v1/conversations/" + d.str("id") + "/messages"
+	alice, conv := c.aliceAndBob()
+	path := "/api/v1/conversations/" + conv + "/messages"
 	first := c.must(201, "POST", path, alice, map[string]string{"client_msg_id": "1", "body": "before"})
 	c.must(200, "GET", path+"?min_seq="+first.header.Get("X-Chat-Seq"), alice, nil)
 

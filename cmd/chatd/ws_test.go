@@ -370,13 +370,10 @@ func TestResumeBeforeRetention(t *testing.T) {
 	env["CHAT_NATS_URL"] = ns.ClientURL()
 	env["DATABASE_URL"] = pgtest.NewDB(t)
 	c := start(t, env)
-	c.provision("alice", "Alice")
-	c.provision("bob", "Bob")
-	alice := c.token("alice")
-	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	alice, conv := c.aliceAndBob()
 	var last uint64
 	for i := range 5 {
-		last = c.must(201, "POST", "/api/v1/conversations/"+d.str("id")+"/messages", alice, map[string]string{"client_msg_id": fmt.Sprint(i), "body": "x"}).num("seq")
+		last = c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", alice, map[string]string{"client_msg_id": fmt.Sprint(i), "body": "x"}).num("seq")
 	}
 	c.must(200, "GET", fmt.Sprintf("/api/v1/me?min_seq=%d", last), alice, nil)
 	// An operator trims the stream's head (retention).
