@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -95,6 +96,10 @@ func TestEmbeddedDefaults(t *testing.T) {
 	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
 	m := c.must(201, "POST", "/api/v1/conversations/"+d.str("id")+"/messages", alice, map[string]string{"client_msg_id": "x", "body": "persisted"})
 	c.stop()
+	// Its PostgreSQL stopped with it.
+	if _, err := os.Stat(filepath.Join(dataDir, "postgres", "postmaster.pid")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("PostgreSQL still running after chatd stopped (postmaster.pid: %v)", err)
+	}
 
 	// chatd token signs with the generated secret.
 	var out bytes.Buffer
