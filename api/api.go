@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -37,6 +38,7 @@ type Commands interface {
 type Projector interface {
 	WaitFor(ctx context.Context, seq uint64) error
 	Healthy() error
+	Parked() int64
 }
 
 // Check is one named readiness check for /readyz.
@@ -155,6 +157,10 @@ func (s *server) readyz(c echo.Context) error {
 		} else {
 			status[ch.Name] = "ok"
 		}
+	}
+	// Parked events need an operator but do not make the node unfit to serve.
+	if n := s.Projector.Parked(); n > 0 {
+		status["parked_events"] = strconv.FormatInt(n, 10)
 	}
 	return c.JSON(code, status)
 }

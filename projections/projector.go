@@ -51,13 +51,17 @@ type Projector struct {
 	// after the transaction that applied it committed (push after commit, guarantee 7).
 	Publish func(subject string, seq uint64, data []byte) error
 
-	pos     atomic.Uint64 // the read models hold every event up to here
-	batches atomic.Uint64 // committed transactions that applied events
-	applied atomic.Uint64 // events applied
-	mu      sync.Mutex
-	moved   chan struct{} // closed and replaced whenever pos moves
-	lastErr error         // last failure, nil while running well
-	state   string
+	pos atomic.Uint64 // the read models hold every event up to here
+	// parkedConvs are the conversations with a parked event: their later events are parked
+	// too, so that none is shown out of order. Only the projector's goroutine uses it.
+	parkedConvs map[string]bool
+	parked      atomic.Int64  // events parked, for readiness and metrics
+	batches     atomic.Uint64 // committed transactions that applied events
+	applied     atomic.Uint64 // events applied
+	mu          sync.Mutex
+	moved       chan struct{} // closed and replaced whenever pos moves
+	lastErr     error         // last failure, nil while running well
+	state       string
 }
 
 // Projector states, as readiness reports them.
@@ -77,6 +81,8 @@ func NewProjector(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger)
 		batchSize: 500,
 		models:    []readModel{Users{}, Conversations{}, Messages{}},
 		moved:     make(chan struct{}),
+
+		parkedConvs: map[string]bool{},
 	}
 }
 
@@ -104,6 +110,9 @@ func (p *Projector) Run(ctx context.Context) {
 func (p *Projector) runOnce(ctx context.Context) error {
 	cp, err := p.checkpoint(ctx)
 	if err != nil {
+		return err
+	}
+	if err := p.loadParked(ctx); err != nil {
 		return err
 	}
 	p.advance(cp)
@@ -166,7 +175,7 @@ func (p *Projector) runOnce(ctx context.Context) error {
 			}
 		}
 		// The batch in hand is finished even when shutdown has begun.
-		if err := p.applyBatch(context.WithoutCancel(ctx), batch); err != nil {
+		if err := p.applyOrPark(context.WithoutCancel(ctx), batch); err != nil {
 			return err
 		}
 	}
@@ -218,13 +227,19 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	}
 	b := &pgx.Batch{}
 	var applied []domain.Event
+	var parkedNow int64
 	last := cp
-	for _, e := range events {
+	for i, e := range events {
 		if e.Seq <= cp {
 			continue // applied before: a restart or another projector got here first
 		}
-		applied = append(applied, e)
 		last = e.Seq
+		if e.ConversationID != "" && p.parkedConvs[e.ConversationID] {
+			queuePark(b, msgs[i], e, "an earlier event of this conversation is parked")
+			parkedNow++
+			continue
+		}
+		applied = append(applied, e)
 	}
 	if err := p.queue(b, applied); err != nil {
 		return err
@@ -240,6 +255,7 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit events %d..%d: %w", cp+1, last, err)
 	}
+	p.parked.Add(parkedNow)
 	if len(applied) > 0 {
 		p.batches.Add(1)
 		p.applied.Add(uint64(len(applied)))

@@ -1,0 +1,126 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Poison events: an event that PostgreSQL rejects (a statement error, not an outage) would stop
+// every conversation if the projector only retried. Instead the batch is applied again one
+// event at a time; an event rejected rejectAttempts times in a row is parked in parked_events
+// with the error, and so are the later events of its conversation, so that conversation is
+// never shown out of order while all others go on. Operators see parked events in the table,
+// the log, /readyz and the chatd_projector_errors_total metric.
+
+// rejectAttempts is how often a lone event is tried before it is parked.
+const rejectAttempts = 3
+
+// rejected reports whether err is PostgreSQL refusing a statement (as opposed to being down):
+// the same events would be refused again.
+func rejected(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr)
+}
+
+// applyOrPark applies a batch; when PostgreSQL rejects it, it finds and parks the culprit.
+func (p *Projector) applyOrPark(ctx context.Context, batch []jetstream.Msg) error {
+	err := p.applyBatch(ctx, batch)
+	if err == nil || !rejected(err) {
+		return err
+	}
+	p.log.Warn("PostgreSQL rejected a batch; applying it event by event", "events", len(batch), "err", err)
+	for _, m := range batch {
+		var last error
+		for range rejectAttempts {
+			if last = p.applyBatch(ctx, []jetstream.Msg{m}); last == nil || !rejected(last) {
+				break
+			}
+		}
+		if last == nil {
+			continue
+		}
+		if !rejected(last) {
+			return last
+		}
+		if err := p.park(ctx, m, last); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// park stores a rejected event in parked_events and moves the checkpoint past it, in one
+// transaction.
+func (p *Projector) park(ctx context.Context, m jetstream.Msg, cause error) error {
+	meta, err := m.Metadata()
+	if err != nil {
+		return fmt.Errorf("metadata of parked event: %w", err)
+	}
+	e, _ := domain.DecodeEvent(m.Data()) // it decoded before; only its application failed
+	e.Seq = meta.Sequence.Stream
+	tx, err := p.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin parking: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	var cp uint64
+	if err := tx.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp); err != nil {
+		return fmt.Errorf("lock checkpoint to park: %w", err)
+	}
+	if e.Seq <= cp {
+		return nil // another projector got past it
+	}
+	b := &pgx.Batch{}
+	queuePark(b, m, e, cause.Error())
+	b.Queue(`UPDATE projector_checkpoints SET seq = $2, updated_at = now() WHERE name = $1`, p.name, e.Seq)
+	b.Queue(`SELECT pg_notify($1, $2)`, notifyChannel, strconv.FormatUint(e.Seq, 10))
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("park event %d: %w", e.Seq, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit parking of %d: %w", e.Seq, err)
+	}
+	if e.ConversationID != "" {
+		p.parkedConvs[e.ConversationID] = true
+	}
+	p.parked.Add(1)
+	p.Metrics.ProjectorFailed()
+	p.log.Error("parked an event PostgreSQL rejects; its conversation's later events wait with it",
+		"seq", e.Seq, "subject", m.Subject(), "conversation", e.ConversationID, "err", cause)
+	p.advance(e.Seq)
+	return nil
+}
+
+func queuePark(b *pgx.Batch, m jetstream.Msg, e domain.Event, reason string) {
+	b.Queue(`INSERT INTO parked_events (seq, subject, conversation_id, error, event) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (seq) DO NOTHING`, e.Seq, m.Subject(), e.ConversationID, reason, m.Data())
+}
+
+// loadParked reads which conversations have parked events.
+func (p *Projector) loadParked(ctx context.Context) error {
+	rows, _ := p.pool.Query(ctx, `SELECT DISTINCT conversation_id FROM parked_events WHERE conversation_id <> ''`)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read parked events: %w", err)
+	}
+	p.parkedConvs = make(map[string]bool, len(ids))
+	for _, id := range ids {
+		p.parkedConvs[id] = true
+	}
+	var n int64
+	if err := p.pool.QueryRow(ctx, `SELECT count(*) FROM parked_events`).Scan(&n); err != nil {
+		return fmt.Errorf("count parked events: %w", err)
+	}
+	p.parked.Store(n)
+	return nil
+}
+
+// Parked is the number of parked events.
+func (p *Projector) Parked() int64 { return p.parked.Load() }
