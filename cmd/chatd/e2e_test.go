@@ -337,3 +337,22 @@ func TestConversationsAndMessages(t *testing.T) {
 		t.Fatalf("paged list: %s", p.raw)
 	}
 }
+
+// A read with min_seq waits for the read models, and only so long: a write's X-Chat-Seq makes
+// the next read see it; a sequence that never comes answers 503 after CHAT_MIN_SEQ_TIMEOUT.
+func TestMinSeqIsBounded(t *testing.T) {
+	env := baseEnv(t)
+	env["DATABASE_URL"] = pgtest.NewDB(t)
+	env["CHAT_MIN_SEQ_TIMEOUT"] = "300ms"
+	c := start(t, env)
+	alice, conv := c.aliceAndBob()
+	m := c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", alice, map[string]string{"client_msg_id": "1", "body": "hi"})
+	r := c.must(200, "GET", "/api/v1/messages/"+m.str("id")+"?min_seq="+m.header.Get("X-Chat-Seq"), alice, nil)
+	if r.str("body") != "hi" {
+		t.Fatalf("read-your-write: %s", r.raw)
+	}
+	r = c.do("GET", "/api/v1/conversations/"+conv+"/messages?min_seq=999999", alice, nil)
+	if r.status != 503 || r.errCode() != "unavailable" {
+		t.Fatalf("min_seq from the future: %d %s", r.status, r.raw)
+	}
+}
