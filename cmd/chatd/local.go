@@ -22,8 +22,10 @@ import (
 )
 
 // database returns the URL of DATABASE_URL, or starts the private cluster under the data
-// directory and returns its URL. The returned func stops what was started.
-func database(ctx context.Context, cfg Config, log *slog.Logger) (string, func(), error) {
+// directory and returns its URL. The returned func stops the cluster when this process owns
+// it: always for the server (a server found running was left by a killed chatd), and for the
+// other commands only when they started it (a running chatd keeps its database).
+func database(ctx context.Context, cfg Config, log *slog.Logger, server bool) (string, func(), error) {
 	if cfg.DatabaseURL != "" {
 		return cfg.DatabaseURL, func() {}, nil
 	}
@@ -39,6 +41,9 @@ func database(ctx context.Context, cfg Config, log *slog.Logger) (string, func()
 		return "", nil, fmt.Errorf("start the private PostgreSQL (or set DATABASE_URL): %w", err)
 	}
 	stop := func() {
+		if !server && cluster.Reused() {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := cluster.Stop(ctx); err != nil {

@@ -121,6 +121,11 @@ func TestEmbeddedDefaults(t *testing.T) {
 	}
 
 	c2 := start(t, env)
+	// chatd migrate next to a running chatd leaves that chatd's PostgreSQL running.
+	out.Reset()
+	if err := run(context.Background(), []string{"migrate"}, func(k string) string { return env[k] }, &out, &out); err != nil {
+		t.Fatalf("chatd migrate beside a running chatd: %v\n%s", err, out.String())
+	}
 	alice = c2.must(201, "POST", "/api/v1/tokens", key, map[string]any{"user_id": "alice", "ttl_seconds": 600}).str("token")
 	r := c2.must(200, "GET", "/api/v1/conversations/"+d.str("id")+"/messages?min_seq="+m.header.Get("X-Chat-Seq"), alice, nil)
 	if msgs := r.list("messages"); len(msgs) != 1 || msgs[0]["body"] != "persisted" {

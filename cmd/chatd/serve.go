@@ -55,7 +55,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	closers.push("nats", stopNATS)
 
-	dbURL, stopPG, err := database(ctx, cfg, log)
+	dbURL, stopPG, err := database(ctx, cfg, log, true)
 	if err != nil {
 		return err
 	}
@@ -301,7 +301,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 		return err
 	}
 	log := newLogger(cfg, stderr)
-	dbURL, stop, err := database(ctx, cfg, log)
+	dbURL, stop, err := database(ctx, cfg, log, false)
 	if err != nil {
 		return err
 	}

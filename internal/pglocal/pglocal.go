@@ -54,7 +54,12 @@ type Cluster struct {
 	logf     func(format string, args ...any)
 	runAs    *user.User          // the user the server runs as
 	cred     *syscall.Credential // nil when the server runs as the current user
+	reused   bool                // the server was already running when Start was called
 }
+
+// Reused reports whether Start found the server already running (left over from a killed
+// process, or started by a chatd that is still running) instead of starting it.
+func (c *Cluster) Reused() bool { return c.reused }
 
 // ErrNoBinaries means that no PostgreSQL server binaries are installed. It is wrapped by the
 // errors of FindBinaries and Start so that callers can tell "PostgreSQL is not installed" (which
@@ -153,7 +158,8 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	if running {
-		c.logf("reusing the PostgreSQL server already running in %s (left over from a previous run)", dir)
+		c.logf("reusing the PostgreSQL server already running in %s", dir)
+		c.reused = true
 		return c, nil
 	}
 	if err := c.start(ctx); err != nil {
