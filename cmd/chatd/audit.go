@@ -13,6 +13,30 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// toolStream connects a command-line tool to the events stream: CHAT_NATS_URL, or the running
+// chatd's embedded server at CHAT_NATS_LISTEN (the tool cannot open the store chatd holds).
+func toolStream(ctx context.Context, cfg Config, name string) (*nats.Conn, jetstream.Stream, error) {
+	url := cfg.NATSURL
+	if url == "" {
+		url = "nats://" + cfg.NATSListen
+	}
+	nc, err := nats.Connect(url, nats.Name(name))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s (is chatd running, or set CHAT_NATS_URL): %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	stream, err := js.Stream(ctx, streams.StreamName)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("stream %s: %w", streams.StreamName, err)
+	}
+	return nc, stream, nil
+}
+
 // runAudit is `chatd audit export`: the event log as JSON Lines on standard output. It reads
 // the stream over NATS, from CHAT_NATS_URL or the running chatd's embedded server
 // (CHAT_NATS_LISTEN), and never touches PostgreSQL.
@@ -50,23 +74,11 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	url := cfg.NATSURL
-	if url == "" {
-		url = "nats://" + cfg.NATSListen
-	}
-	nc, err := nats.Connect(url, nats.Name("chatd audit"))
-	if err != nil {
-		return fmt.Errorf("connect to NATS at %s (is chatd running, or set CHAT_NATS_URL): %w", url, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	nc, stream, err := toolStream(ctx, cfg, "chatd audit")
 	if err != nil {
 		return err
 	}
-	stream, err := js.Stream(ctx, streams.StreamName)
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", streams.StreamName, err)
-	}
+	defer nc.Close()
 	n, err := streams.Export(ctx, stream, f, stdout)
 	fmt.Fprintf(stderr, "exported %d events\n", n)
 	return err

@@ -6,6 +6,7 @@
 //	chatd token --user alice [--ttl 1h] [--admin]   print a user token for local use
 //	chatd audit export [--conversation ID] [--actor U] [--type T] [--from-seq N] [--to-seq N]
 //	                   [--since T] [--until T]       write the event log as JSON Lines
+//	chatd replay --verify   rebuild the read models into a scratch schema and compare
 package main
 
 import (
@@ -29,7 +30,7 @@ func main() {
 // run is chatd's whole life, with its dependencies passed in so tests can start it on port 0.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "serve" || args[0] == "migrate" || args[0] == "token" || args[0] == "audit") {
+	if len(args) > 0 && (args[0] == "serve" || args[0] == "migrate" || args[0] == "token" || args[0] == "audit" || args[0] == "replay") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -39,6 +40,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runToken(args, getenv, stdout, stderr)
 	case "audit":
 		return runAudit(ctx, args, getenv, stdout, stderr)
+	case "replay":
+		return runReplay(ctx, args, getenv, stdout, stderr)
 	}
 	return runServe(ctx, args, getenv, stdout, stderr)
 }

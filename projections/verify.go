@@ -1,0 +1,192 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/chatd-dev/chatd/migrations"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TableCheck compares one read-model table, live against rebuilt.
+type TableCheck struct {
+	Table                     string
+	LiveRows, RebuiltRows     int64
+	LiveDigest, RebuiltDigest string
+}
+
+// Equal reports whether both sides hold the same rows.
+func (t TableCheck) Equal() bool {
+	return t.LiveRows == t.RebuiltRows && t.LiveDigest == t.RebuiltDigest
+}
+
+// VerifyResult is what Verify found, at stream sequence Seq.
+type VerifyResult struct {
+	Seq    uint64
+	Tables []TableCheck
+}
+
+// Equal reports whether every table matched.
+func (r VerifyResult) Equal() bool {
+	for _, t := range r.Tables {
+		if !t.Equal() {
+			return false
+		}
+	}
+	return len(r.Tables) > 0
+}
+
+// verifiedTables are the read-model tables and the order that makes their digest stable.
+// Columns that record when a row was written, not what the events say, are left out.
+var verifiedTables = []struct{ name, order, drop string }{
+	{"users", "id", ""},
+	{"conversations", "id", ""},
+	{"members", "conversation_id, user_id", ""},
+	{"messages", "id", ""},
+	{"departures", "conversation_id, user_id, left_seq", ""},
+	{"parked_events", "seq", "parked_at"},
+}
+
+// Verify rebuilds the read models from the stream into a scratch schema and compares them,
+// table by table (row counts and content digests), with the live read models at the same
+// stream sequence. The live ones keep serving meanwhile; the scratch schema is dropped at
+// the end. progress, when set, hears how far the rebuild is.
+func Verify(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger, progress func(done, total uint64)) (VerifyResult, error) {
+	schema := fmt.Sprintf("chatd_verify_%d", time.Now().UnixNano())
+	if _, err := live.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		return VerifyResult{}, fmt.Errorf("create scratch schema: %w", err)
+	}
+	defer func() {
+		if _, err := live.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			log.Warn("scratch schema not dropped", "schema", schema, "err", err)
+		}
+	}()
+	cfg := live.Config().Copy()
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	scratch, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return VerifyResult{}, fmt.Errorf("connect to the scratch schema: %w", err)
+	}
+	defer scratch.Close()
+	conn, err := scratch.Acquire(ctx)
+	if err != nil {
+		return VerifyResult{}, fmt.Errorf("connect to the scratch schema: %w", err)
+	}
+	err = migrations.Migrate(ctx, conn.Conn())
+	conn.Release()
+	if err != nil {
+		return VerifyResult{}, fmt.Errorf("migrate the scratch schema: %w", err)
+	}
+	p := NewProjector(scratch, stream, log)
+	if _, err := p.checkpoint(ctx); err != nil {
+		return VerifyResult{}, err
+	}
+	// The live read models move on while we rebuild: catch up to their checkpoint, then compare
+	// inside a snapshot in which their checkpoint is still that one.
+	for range 10 {
+		var target uint64
+		if err := live.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM projector_checkpoints WHERE name = $1), 0)`, ProjectorName).Scan(&target); err != nil {
+			return VerifyResult{}, readErr(err, "read the live checkpoint")
+		}
+		if err := p.catchUp(ctx, target, progress); err != nil {
+			return VerifyResult{}, err
+		}
+		res, same, err := compare(ctx, live, scratch, target)
+		if err != nil {
+			return VerifyResult{}, err
+		}
+		if same {
+			return res, nil
+		}
+	}
+	return VerifyResult{}, errors.New("the live read models kept moving; verify when the chat is quieter")
+}
+
+// compare digests both sides, the live one in a repeatable-read snapshot at checkpoint target.
+// same is false when the live checkpoint had moved on, and the caller should catch up again.
+func compare(ctx context.Context, live, scratch *pgxpool.Pool, target uint64) (VerifyResult, bool, error) {
+	tx, err := live.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return VerifyResult{}, false, readErr(err, "begin snapshot")
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read only
+	var now uint64
+	if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM projector_checkpoints WHERE name = $1), 0)`, ProjectorName).Scan(&now); err != nil {
+		return VerifyResult{}, false, readErr(err, "read the live checkpoint")
+	}
+	if now != target {
+		return VerifyResult{}, false, nil
+	}
+	res := VerifyResult{Seq: target}
+	for _, t := range verifiedTables {
+		row := "to_jsonb(t)"
+		if t.drop != "" {
+			row = "(to_jsonb(t) - '" + t.drop + "')"
+		}
+		q := `SELECT count(*), coalesce(md5(string_agg(` + row + `::text, E'\n' ORDER BY ` + t.order + `)), '') FROM ` + t.name + ` t`
+		c := TableCheck{Table: t.name}
+		if err := tx.QueryRow(ctx, q).Scan(&c.LiveRows, &c.LiveDigest); err != nil {
+			return VerifyResult{}, false, readErr(err, "digest live "+t.name)
+		}
+		if err := scratch.QueryRow(ctx, q).Scan(&c.RebuiltRows, &c.RebuiltDigest); err != nil {
+			return VerifyResult{}, false, readErr(err, "digest rebuilt "+t.name)
+		}
+		res.Tables = append(res.Tables, c)
+	}
+	return res, true, nil
+}
+
+// catchUp applies the events after the projector's checkpoint up to and including upTo, and
+// stops there (never beyond), reading the stream with an ordered consumer.
+func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done, total uint64)) error {
+	cp, err := p.checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	if cp >= upTo {
+		return nil
+	}
+	cons, err := p.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   cp + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("create rebuild consumer from %d: %w", cp+1, err)
+	}
+	for cp < upTo {
+		batch, err := cons.Fetch(int(min(uint64(p.batchSize), upTo-cp)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return fmt.Errorf("rebuild fetch: %w", err)
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			meta, err := m.Metadata()
+			if err != nil {
+				return fmt.Errorf("rebuild metadata: %w", err)
+			}
+			if meta.Sequence.Stream > upTo {
+				break
+			}
+			msgs = append(msgs, m)
+			cp = meta.Sequence.Stream
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("rebuild fetch: %w", err)
+		}
+		if len(msgs) == 0 {
+			return fmt.Errorf("rebuild stalled at %d of %d", cp, upTo)
+		}
+		if err := p.applyOrPark(ctx, msgs); err != nil {
+			return err
+		}
+		if progress != nil {
+			progress(cp, upTo)
+		}
+	}
+	return nil
+}
