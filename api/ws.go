@@ -90,13 +90,6 @@ func (h *Hub) remove(c *wsConn) {
 	}
 }
 
-// Len is the number of open connections.
-func (h *Hub) Len() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.conns)
-}
-
 // CloseAll closes every connection with 1001 "going away" and refuses new ones, so clients
 // reconnect to another node.
 func (h *Hub) CloseAll() {

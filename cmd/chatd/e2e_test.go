@@ -105,7 +105,7 @@ func TestProvisioningAndTokens(t *testing.T) {
 	}
 	r = c.must(201, "POST", "/api/v1/tokens", testServiceKey, map[string]any{"user_id": "alice", "ttl_seconds": 3600})
 	exp, err := time.Parse(time.RFC3339, r.str("expires_at"))
-	if err != nil || exp.Sub(time.Now()) < 59*time.Minute || exp.Sub(time.Now()) > 61*time.Minute {
+	if err != nil || time.Until(exp) < 59*time.Minute || time.Until(exp) > 61*time.Minute {
 		t.Fatalf("expires_at %q: %v", r.str("expires_at"), err)
 	}
 	me := c.must(200, "GET", "/api/v1/me?min_seq="+seq, r.str("token"), nil)
