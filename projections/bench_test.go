@@ -57,3 +57,77 @@ func BenchmarkProjector(b *testing.B) {
 		b.ReportMetric(float64(last)/float64(batches), "events/batch")
 	}
 }
+
+// BenchmarkReplay measures a rebuild: N message events (100-byte bodies, 1,000 direct
+// conversations), published straight into the stream, applied to empty read models.
+//
+//	go test -run '^$' -bench Replay -benchtime 1x -timeout 30m ./projections   (N = 1,000,000)
+func BenchmarkReplay(b *testing.B) {
+	const convs = 1000
+	n := 1_000_000
+	if testing.Short() {
+		n = 50_000
+	}
+	for range b.N {
+		b.StopTimer()
+		f := newFixture(b)
+		ctx := context.Background()
+		// Users and conversations through the command side, messages published directly.
+		ids := make([]string, convs)
+		for i := range convs {
+			a, c := fmt.Sprint("u", i), fmt.Sprint("v", i)
+			for _, u := range []string{a, c} {
+				if _, _, _, err := f.store.ProvisionUser(ctx, u, u); err != nil {
+					b.Fatal(err)
+				}
+			}
+			conv, _, _, err := f.store.CreateConversation(ctx, a, domain.KindDirect, "", []string{c})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids[i] = conv.ID
+		}
+		body := fmt.Sprintf("%0100d", 0)
+		now := time.Now().UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano)
+		for i := range n {
+			conv := ids[i%convs]
+			msgID := domain.MessageID(conv, fmt.Sprint("u", i%convs), fmt.Sprint(i))
+			_, local, _ := domain.SplitMessageID(msgID)
+			data := fmt.Sprintf(`{"v":1,"id":"e%d","type":"message.created","conversation_id":%q,"actor":"u%d","time":%q,"data":{"message_id":%q,"sender_id":"u%d","client_msg_id":"%d","body":%q}}`,
+				i, conv, i%convs, now, msgID, i%convs, i, body)
+			if _, err := f.js.PublishAsync("chat.evt.conv."+conv+".msg."+local, []byte(data)); err != nil {
+				b.Fatal(err)
+			}
+			if i%10_000 == 9_999 {
+				<-f.js.PublishAsyncComplete()
+			}
+		}
+		<-f.js.PublishAsyncComplete()
+		info, err := f.stream.Info(ctx) // f.ctx may have run out while publishing
+		if err != nil {
+			b.Fatal(err)
+		}
+		last := info.State.LastSeq
+		p := f.projector()
+		b.StartTimer()
+		start := time.Now()
+		// The rebuild path of today: a projector on empty read models (what chatd does when it
+		// starts on an empty database).
+		f.run(p)
+		wait, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		err = p.WaitFor(wait, last)
+		cancel()
+		if err != nil {
+			b.Fatalf("replay reached %d of %d: %v", p.Position(), last, err)
+		}
+		took := time.Since(start)
+		b.ReportMetric(float64(last)/took.Seconds(), "events/s")
+		var rows int
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM messages`).Scan(&rows); err != nil {
+			b.Fatal(err)
+		}
+		if rows != n {
+			b.Fatalf("%d messages in the read model, want %d", rows, n)
+		}
+	}
+}
