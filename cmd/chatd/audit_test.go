@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-
-	"github.com/chatd-dev/chatd/internal/natstest"
-	"github.com/chatd-dev/chatd/internal/pgtest"
 )
 
 type exported struct {
@@ -40,10 +37,8 @@ func parseExport(t *testing.T, raw []byte) []exported {
 // Auditors get the raw log, edit and delete history included, over HTTP (admin tokens only)
 // and from `chatd audit export`.
 func TestAuditExport(t *testing.T) {
-	ns := natstest.RunServer(t, "")
-	env := baseEnv(t)
-	env["CHAT_NATS_URL"] = ns.ClientURL()
-	env["DATABASE_URL"] = pgtest.NewDB(t)
+	env := dbEnv(t)
+	externalNATS(t, env)
 	c := start(t, env)
 	c.provision("alice", "Alice")
 	c.provision("bob", "Bob")

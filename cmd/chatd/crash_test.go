@@ -9,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/chatd-dev/chatd/internal/pgtest"
 )
 
 // process is chatd running as a child process (this test binary in CHATD_TEST_RUN_MAIN mode).
@@ -48,8 +46,7 @@ func startProcess(t *testing.T, env map[string]string) *process {
 // Killing chatd with SIGKILL in the middle of a send burst loses no acknowledged message and
 // duplicates none, and unacknowledged sends can be retried with their client_msg_id.
 func TestKillDuringSendBurst(t *testing.T) {
-	env := baseEnv(t)
-	env["DATABASE_URL"] = pgtest.NewDB(t)
+	env := dbEnv(t)
 	p := startProcess(t, env)
 	p.provision("alice", "Alice")
 	p.provision("bob", "Bob")

@@ -7,15 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatd-dev/chatd/internal/pgtest"
 	"github.com/golang-jwt/jwt/v5"
 )
 
-func startWithDB(t *testing.T) *instance {
-	env := baseEnv(t)
-	env["DATABASE_URL"] = pgtest.NewDB(t)
-	return start(t, env)
-}
+func startWithDB(t *testing.T) *instance { return start(t, dbEnv(t)) }
 
 func signed(t *testing.T, method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
 	t.Helper()
@@ -341,9 +336,7 @@ func TestConversationsAndMessages(t *testing.T) {
 // A read with min_seq waits for the read models, and only so long: a write's X-Chat-Seq makes
 // the next read see it; a sequence that never comes answers 503 after CHAT_MIN_SEQ_TIMEOUT.
 func TestMinSeqIsBounded(t *testing.T) {
-	env := baseEnv(t)
-	env["DATABASE_URL"] = pgtest.NewDB(t)
-	env["CHAT_MIN_SEQ_TIMEOUT"] = "300ms"
+	env := dbEnv(t, "CHAT_MIN_SEQ_TIMEOUT", "300ms")
 	c := start(t, env)
 	alice, conv := c.aliceAndBob()
 	m := c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", alice, map[string]string{"client_msg_id": "1", "body": "hi"})

@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/internal/pgtest"
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 func TestMain(m *testing.M) {
@@ -73,6 +75,24 @@ func baseEnv(t *testing.T) map[string]string {
 		"CHAT_JWT_SECRET":  testJWTSecret,
 		"CHAT_LOG_LEVEL":   "warn",
 	}
+}
+
+// dbEnv is baseEnv with a fresh migrated database, plus settings given as key, value pairs.
+func dbEnv(t *testing.T, kv ...string) map[string]string {
+	env := baseEnv(t)
+	env["DATABASE_URL"] = pgtest.NewDB(t)
+	for i := 0; i+1 < len(kv); i += 2 {
+		env[kv[i]] = kv[i+1]
+	}
+	return env
+}
+
+// externalNATS points env at a fresh in-process NATS server (as a production chatd uses an
+// external one) and returns the server, for tests that stop it or share it between nodes.
+func externalNATS(t *testing.T, env map[string]string) *server.Server {
+	ns := natstest.RunServer(t, "")
+	env["CHAT_NATS_URL"] = ns.ClientURL()
+	return ns
 }
 
 // start runs chatd with env and waits until it listens. It is stopped in Cleanup (or by stop).

@@ -8,15 +8,11 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/chatd-dev/chatd/internal/pgtest"
 )
 
 // GET /metrics counts what happened, and pprof answers on the admin listener only.
 func TestMetricsAndPprof(t *testing.T) {
-	env := baseEnv(t)
-	env["DATABASE_URL"] = pgtest.NewDB(t)
-	env["CHAT_ADMIN_ADDR"] = "127.0.0.1:0"
+	env := dbEnv(t, "CHAT_ADMIN_ADDR", "127.0.0.1:0")
 	c := start(t, env)
 	alice, conv := c.aliceAndBob()
 	var seq string

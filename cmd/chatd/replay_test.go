@@ -7,18 +7,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chatd-dev/chatd/internal/natstest"
-	"github.com/chatd-dev/chatd/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 )
 
 // chatd replay --verify finds the live read models identical to a rebuild of the stream, and
 // finds the difference when someone changed them behind the projector's back.
 func TestReplayVerify(t *testing.T) {
-	ns := natstest.RunServer(t, "")
-	env := baseEnv(t)
-	env["CHAT_NATS_URL"] = ns.ClientURL()
-	env["DATABASE_URL"] = pgtest.NewDB(t)
+	env := dbEnv(t)
+	externalNATS(t, env)
 	c := start(t, env)
 	alice, conv := c.aliceAndBob()
 	c.provision("carol", "Carol")

@@ -177,9 +177,7 @@ func TestPushAcrossNodes(t *testing.T) {
 }
 
 func TestResume(t *testing.T) {
-	env := baseEnv(t)
-	env["DATABASE_URL"] = pgtest.NewDB(t)
-	env["CHAT_WS_MAX_REPLAY"] = "56" // the resume below replays 55; since=0 later needs more
+	env := dbEnv(t, "CHAT_WS_MAX_REPLAY", "56") // the resume below replays 55; since=0 later needs more
 	c := start(t, env)
 	for _, u := range []string{"alice", "bob", "carol"} {
 		c.provision(u, u)
@@ -247,9 +245,7 @@ func TestResume(t *testing.T) {
 
 // A client that stops reading is closed with 4008 and never delays another.
 func TestSlowConsumer(t *testing.T) {
-	env := baseEnv(t)
-	env["DATABASE_URL"] = pgtest.NewDB(t)
-	env["CHAT_WS_SEND_QUEUE"] = "600"
+	env := dbEnv(t, "CHAT_WS_SEND_QUEUE", "600")
 	c := start(t, env)
 	c.provision("alice", "Alice")
 	c.provision("bob", "Bob")
@@ -309,9 +305,7 @@ func TestSlowConsumer(t *testing.T) {
 }
 
 func TestWebSocketAuth(t *testing.T) {
-	env := baseEnv(t)
-	env["DATABASE_URL"] = pgtest.NewDB(t)
-	env["CHAT_ALLOWED_ORIGINS"] = "https://club.example"
+	env := dbEnv(t, "CHAT_ALLOWED_ORIGINS", "https://club.example")
 	c := start(t, env)
 	c.provision("alice", "Alice")
 	alice := c.token("alice")
@@ -365,10 +359,8 @@ func TestWebSocketAuth(t *testing.T) {
 
 // A since older than what the stream still holds gets resync_required.
 func TestResumeBeforeRetention(t *testing.T) {
-	ns := natstest.RunServer(t, "")
-	env := baseEnv(t)
-	env["CHAT_NATS_URL"] = ns.ClientURL()
-	env["DATABASE_URL"] = pgtest.NewDB(t)
+	env := dbEnv(t)
+	ns := externalNATS(t, env)
 	c := start(t, env)
 	alice, conv := c.aliceAndBob()
 	var last uint64
