@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -150,7 +151,7 @@ func (s *server) readyz(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
 	defer cancel()
 	status, code := map[string]string{}, http.StatusOK
-	checks := append(s.Checks, Check{Name: "projector", Check: func(context.Context) error { return s.Projector.Healthy() }})
+	checks := append(slices.Clip(s.Checks), Check{Name: "projector", Check: func(context.Context) error { return s.Projector.Healthy() }})
 	for _, ch := range checks {
 		if err := ch.Check(ctx); err != nil {
 			status[ch.Name], code = err.Error(), http.StatusServiceUnavailable
