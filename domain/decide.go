@@ -141,6 +141,7 @@ func SendMessage(c Conversation, actor, clientMsgID, body string, lim Limits, no
 		SenderID:    actor,
 		ClientMsgID: clientMsgID,
 		Body:        body,
+		BodySHA256:  BodyHash(body),
 	}), nil
 }
 
@@ -158,7 +159,7 @@ func EditMessage(c Conversation, m Message, actor, body string, lim Limits, now 
 	if err := validText("body", body, lim.MaxMessageBytes, true); err != nil {
 		return Event{}, err
 	}
-	return newEvent(TypeMessageEdited, c.ID, actor, now, MessageData{MessageID: m.ID, SenderID: m.SenderID, Body: body}), nil
+	return newEvent(TypeMessageEdited, c.ID, actor, now, MessageData{MessageID: m.ID, SenderID: m.SenderID, Body: body, BodySHA256: BodyHash(body)}), nil
 }
 
 // DeleteMessage decides that actor deletes m, a message of c: its author may, and so may the

@@ -412,6 +412,7 @@ func TestSendMessage(t *testing.T) {
 				SenderID:    tt.actor,
 				ClientMsgID: "c-1",
 				Body:        "hello",
+				BodySHA256:  domain.BodyHash("hello"),
 			}
 			checkData(t, e, want)
 			conv, _, err := domain.SplitMessageID(want.MessageID)
@@ -534,7 +535,7 @@ func TestEditMessage(t *testing.T) {
 				t.Fatalf("EditMessage: %v", err)
 			}
 			checkEvent(t, e, domain.TypeMessageEdited, tt.c.ID, "bob")
-			checkData(t, e, domain.MessageData{MessageID: m.ID, SenderID: "bob", Body: "hello, edited"})
+			checkData(t, e, domain.MessageData{MessageID: m.ID, SenderID: "bob", Body: "hello, edited", BodySHA256: domain.BodyHash("hello, edited")})
 			got, err := domain.ApplyMessage(m, e)
 			if err != nil {
 				t.Fatal(err)
@@ -581,7 +582,7 @@ func TestEditMessage(t *testing.T) {
 				if err != nil {
 					t.Fatalf("EditMessage(body %q): %v", tc.text, err)
 				}
-				checkData(t, e, domain.MessageData{MessageID: bobsMessage(group).ID, SenderID: "bob", Body: tc.text})
+				checkData(t, e, domain.MessageData{MessageID: bobsMessage(group).ID, SenderID: "bob", Body: tc.text, BodySHA256: domain.BodyHash(tc.text)})
 			})
 		}
 	}

@@ -43,6 +43,9 @@ type Event struct {
 	Actor          string          `json:"actor"`
 	Time           time.Time       `json:"time"`
 	Data           json.RawMessage `json:"data"`
+	// Prev and Hash link the event into its chain: see Chain.
+	Prev string `json:"prev,omitempty"`
+	Hash string `json:"hash,omitempty"`
 
 	Seq uint64 `json:"-"`
 }
@@ -72,6 +75,9 @@ type MessageData struct {
 	SenderID    string `json:"sender_id"`
 	ClientMsgID string `json:"client_msg_id,omitempty"`
 	Body        string `json:"body,omitempty"`
+	// BodySHA256 is the hash of Body (see BodyHash): it stays when a body is erased, so the
+	// event's chain stays verifiable.
+	BodySHA256 string `json:"body_sha256,omitempty"`
 }
 
 // ReadData is the payload of read.updated: user has read the conversation up to Seq.

@@ -76,12 +76,19 @@ func goldenCases(t *testing.T) map[string]goldenCase {
 	left.Members = []string{"alice", "carol"}
 
 	cases := map[string]goldenCase{}
+	tips := map[string]string{} // chain (conversation, else user) → hash of its last event
 	add := func(typ, id, conv, actor string, payload any, decode func(domain.Event) (any, error)) {
 		data, err := json.Marshal(payload)
 		if err != nil {
 			t.Fatal(err)
 		}
 		e := domain.Event{V: 1, ID: id, Type: typ, ConversationID: conv, Actor: actor, Time: goldenTime, Data: data}
+		chain := conv
+		if chain == "" {
+			chain = "user"
+		}
+		domain.Chain(&e, tips[chain])
+		tips[chain] = e.Hash
 		cases[typ] = goldenCase{event: e, payload: payload, decode: decode}
 	}
 	add(domain.TypeUserCreated, "eaaaaaaaaaaaaaaaaaaaaaaaaaa", "", domain.ActorService,
@@ -95,9 +102,9 @@ func goldenCases(t *testing.T) map[string]goldenCase {
 	add(domain.TypeMemberLeft, "eeeeeeeeeeeeeeeeeeeeeeeeeee", groupID, "alice",
 		domain.MemberData{UserID: "bob", Conversation: left}, decodeAs[domain.MemberData])
 	add(domain.TypeMessageCreated, "effffffffffffffffffffffffff", groupID, "bob",
-		domain.MessageData{MessageID: goldenMessageID, SenderID: "bob", ClientMsgID: "web-1", Body: goldenBody}, decodeAs[domain.MessageData])
+		domain.MessageData{MessageID: goldenMessageID, SenderID: "bob", ClientMsgID: "web-1", Body: goldenBody, BodySHA256: domain.BodyHash(goldenBody)}, decodeAs[domain.MessageData])
 	add(domain.TypeMessageEdited, "egggggggggggggggggggggggggg", groupID, "bob",
-		domain.MessageData{MessageID: goldenMessageID, SenderID: "bob", Body: "Hello, edited"}, decodeAs[domain.MessageData])
+		domain.MessageData{MessageID: goldenMessageID, SenderID: "bob", Body: "Hello, edited", BodySHA256: domain.BodyHash("Hello, edited")}, decodeAs[domain.MessageData])
 	add(domain.TypeMessageDeleted, "ehhhhhhhhhhhhhhhhhhhhhhhhhh", groupID, "alice",
 		domain.MessageData{MessageID: goldenMessageID, SenderID: "bob"}, decodeAs[domain.MessageData])
 	add(domain.TypeReadUpdated, "eiiiiiiiiiiiiiiiiiiiiiiiiii", groupID, "carol",
@@ -267,8 +274,10 @@ func TestDecideWritesGoldenEvents(t *testing.T) {
 			if !validEventID(e.ID) {
 				t.Errorf("event id %q", e.ID)
 			}
-			e.ID = cases[typ].event.ID
-			got, want := marshalGolden(t, *e), marshalGolden(t, cases[typ].event)
+			// Decisions are not chained yet: the store links them when it appends.
+			golden := cases[typ].event
+			e.ID, e.Prev, e.Hash = golden.ID, golden.Prev, golden.Hash
+			got, want := marshalGolden(t, *e), marshalGolden(t, golden)
 			if !bytes.Equal(got, want) {
 				t.Errorf("decided event\n%s\ndiffers from the golden one\n%s", got, want)
 			}

@@ -31,8 +31,7 @@ type Exported struct {
 	Event   json.RawMessage `json:"event"`
 }
 
-// Export writes the events that f selects to w as JSON Lines, in stream order, reading the
-// stream through an ephemeral consumer in batches: memory stays constant whatever the size.
+// Export writes the events that f selects to w as JSON Lines, in stream order (see scan).
 // It stops at the stream's last sequence when it started, so a busy stream cannot keep it
 // going forever. It returns how many events it wrote.
 func Export(ctx context.Context, stream jetstream.Stream, f ExportFilter, w io.Writer) (int, error) {
@@ -50,15 +49,9 @@ func Export(ctx context.Context, stream jetstream.Stream, f ExportFilter, w io.W
 	if last == 0 || (f.FromSeq > 0 && f.FromSeq > last) {
 		return 0, nil
 	}
-	cfg := jetstream.ConsumerConfig{
-		AckPolicy:         jetstream.AckNonePolicy,
-		DeliverPolicy:     jetstream.DeliverAllPolicy,
-		FilterSubject:     SubjectRoot,
-		InactiveThreshold: time.Minute,
-		MemoryStorage:     true,
-	}
+	cfg := jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubject: SubjectRoot}
 	if f.ConversationID != "" {
-		cfg.FilterSubject = "chat.evt.conv." + f.ConversationID + ".>"
+		cfg.FilterSubject = ConversationSubjects(f.ConversationID)
 	}
 	switch {
 	case f.FromSeq > 0:
@@ -67,63 +60,76 @@ func Export(ctx context.Context, stream jetstream.Stream, f ExportFilter, w io.W
 		t := f.Since
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
 	}
-	cons, err := stream.CreateConsumer(ctx, cfg)
-	if err != nil {
-		return 0, domain.Unavailable("the event stream is unavailable", fmt.Errorf("create export consumer: %w", err))
-	}
-	defer func() { _ = stream.DeleteConsumer(context.WithoutCancel(ctx), cons.CachedInfo().Name) }()
-
 	bw := bufio.NewWriter(w)
 	written := 0
+	err = scan(ctx, stream, cfg, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		seq := meta.Sequence.Stream
+		if seq > last || (!f.Until.IsZero() && meta.Timestamp.After(f.Until)) {
+			return false, nil
+		}
+		if !f.Since.IsZero() && meta.Timestamp.Before(f.Since) {
+			return true, nil // from_seq started the consumer; since still applies
+		}
+		if f.Actor != "" || f.Type != "" {
+			var env struct{ Type, Actor string }
+			if json.Unmarshal(m.Data(), &env) != nil || (f.Actor != "" && env.Actor != f.Actor) || (f.Type != "" && env.Type != f.Type) {
+				return true, nil
+			}
+		}
+		line, err := json.Marshal(Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: json.RawMessage(m.Data())})
+		if err != nil {
+			// Only an event that is not valid JSON gets here; export it as a string so that
+			// auditors still see exactly what is stored.
+			raw, _ := json.Marshal(string(m.Data()))
+			line, _ = json.Marshal(Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: raw})
+		}
+		if _, err := bw.Write(append(line, '\n')); err != nil {
+			return false, err
+		}
+		written++
+		return true, nil
+	})
+	if err != nil {
+		return written, err
+	}
+	return written, bw.Flush()
+}
+
+// scan reads the events cfg selects, in stream order, through an ephemeral consumer in batches
+// of 500, and calls fn with each until fn returns false or nothing is pending. Memory stays
+// constant whatever the size of the stream.
+func scan(ctx context.Context, stream jetstream.Stream, cfg jetstream.ConsumerConfig, fn func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error)) error {
+	cfg.AckPolicy, cfg.InactiveThreshold, cfg.MemoryStorage = jetstream.AckNonePolicy, time.Minute, true
+	cons, err := stream.CreateConsumer(ctx, cfg)
+	if err != nil {
+		return domain.Unavailable("the event stream is unavailable", fmt.Errorf("create consumer: %w", err))
+	}
+	defer func() { _ = stream.DeleteConsumer(context.WithoutCancel(ctx), cons.CachedInfo().Name) }()
 	pending := cons.CachedInfo().NumPending
 	for pending > 0 {
 		batch, err := cons.Fetch(int(min(pending, 500)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return written, domain.Unavailable("the event stream is unavailable", fmt.Errorf("export fetch: %w", err))
+			return domain.Unavailable("the event stream is unavailable", fmt.Errorf("fetch: %w", err))
 		}
 		got := 0
 		for m := range batch.Messages() {
 			got++
 			meta, err := m.Metadata()
 			if err != nil {
-				return written, fmt.Errorf("export metadata: %w", err)
+				return fmt.Errorf("event metadata: %w", err)
 			}
 			pending = meta.NumPending
-			seq := meta.Sequence.Stream
-			if seq > last || (!f.Until.IsZero() && meta.Timestamp.After(f.Until)) {
-				return written, bw.Flush()
+			if more, err := fn(m, meta); err != nil || !more {
+				return err
 			}
-			if !f.Since.IsZero() && meta.Timestamp.Before(f.Since) {
-				continue // from_seq started the consumer; since still applies
-			}
-			if f.Actor != "" || f.Type != "" {
-				var env struct{ Type, Actor string }
-				if json.Unmarshal(m.Data(), &env) != nil || (f.Actor != "" && env.Actor != f.Actor) || (f.Type != "" && env.Type != f.Type) {
-					continue
-				}
-			}
-			line, err := json.Marshal(Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: json.RawMessage(m.Data())})
-			if err != nil {
-				// Only an event that is not valid JSON gets here; export it as a string so that
-				// auditors still see exactly what is stored.
-				raw, _ := json.Marshal(string(m.Data()))
-				line, _ = json.Marshal(Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: raw})
-			}
-			if _, err := bw.Write(append(line, '\n')); err != nil {
-				return written, err
-			}
-			written++
 		}
 		if err := batch.Error(); err != nil {
-			return written, domain.Unavailable("the event stream is unavailable", fmt.Errorf("export: %w", err))
+			return domain.Unavailable("the event stream is unavailable", fmt.Errorf("fetch: %w", err))
 		}
 		if got == 0 {
-			// Events are pending but none came: never pass a truncated log off as complete.
-			return written, domain.Unavailable("the event stream is unavailable", errors.New("export fetched nothing while events were pending"))
-		}
-		if err := bw.Flush(); err != nil {
-			return written, err
+			// Events are pending but none came: never pass a truncated read off as complete.
+			return domain.Unavailable("the event stream is unavailable", errors.New("fetched nothing while events were pending"))
 		}
 	}
-	return written, bw.Flush()
+	return nil
 }

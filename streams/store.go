@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
+	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -18,12 +21,18 @@ import (
 // last event on a subject, read with a direct get), lets the domain decide, and appends the
 // resulting event with an expectation on that state:
 //
-//   - A conversation's state is the last event on its meta subject. Every append that depends on
-//     membership expects that subject's last sequence to be unchanged, so a removal that races a
-//     send makes the send fail and be decided again (guarantee 3).
+//   - A conversation's events form a hash chain (domain.Chain), and every append to a conversation
+//     expects the conversation's last sequence (over all its subjects) to be unchanged. So the
+//     chain stays linear, and a removal that races a send, an edit or a delete makes it fail and
+//     be decided again (guarantee 3). A conversation's state is the last event on its meta
+//     subject.
 //   - A message has its own subject, named after its id, which is derived from the sender's
 //     client_msg_id. A retried send finds the first event on that subject, at any later time;
 //     concurrent retries are caught by Nats-Msg-Id (guarantee 4).
+//   - A user's events form a chain of their own on the user's subject.
+//
+// Appends to one conversation are serialised within a node (see lock), so a node does not race
+// itself; between nodes the expectation decides.
 //
 // Nothing here touches PostgreSQL, so writes keep working while it is down (guarantee 2).
 type Store struct {
@@ -39,15 +48,41 @@ type Store struct {
 	convs *lru.Cache[string, cachedConversation]
 	// users remembers users known to exist; users are never deleted, so it never goes stale.
 	users *lru.Cache[string, struct{}]
+	// locks serialise the appends of one conversation within this node (striped by id).
+	locks [256]sync.Mutex
 }
 
 type cachedConversation struct {
-	conv domain.Conversation
-	seq  uint64 // stream sequence of the meta event the state comes from
+	conv    domain.Conversation
+	seq     uint64 // stream sequence of the meta event the state comes from
+	tip     uint64 // stream sequence of the conversation's last event, of any kind
+	tipHash string // its hash: the next event's Prev
+}
+
+// lock serialises appends to one conversation on this node and returns the unlock.
+func (s *Store) lock(convID string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(convID))
+	m := &s.locks[h.Sum32()%uint32(len(s.locks))]
+	m.Lock()
+	return m.Unlock
 }
 
 // maxAttempts bounds how often a command is decided again after a conflicting append.
-const maxAttempts = 8
+const maxAttempts = 10
+
+// backOff waits a random time, longer with each attempt (up to 32ms), after an append lost a race
+// to another node: two nodes appending to one conversation otherwise keep colliding.
+func backOff(ctx context.Context, attempt int) error {
+	t := time.NewTimer(rand.N(time.Millisecond << min(attempt, 5)))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
 
 // NewStore returns a Store appending to stream.
 func NewStore(js jetstream.JetStream, stream jetstream.Stream, limits domain.Limits) *Store {
@@ -85,6 +120,7 @@ func (s *Store) ProvisionUser(ctx context.Context, id, displayName string) (u do
 		if e == nil {
 			return *cur, false, curSeq, nil
 		}
+		domain.Chain(e, current.Hash)
 		ack, err := s.append(ctx, *e, jetstream.WithExpectLastSequencePerSubject(curSeq))
 		if isWrongLastSequence(err) {
 			continue
@@ -155,9 +191,10 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 	if err := s.requireUsers(ctx, c.Members); err != nil {
 		return c, false, 0, err
 	}
-	// Expecting an empty subject makes creation atomic: of two concurrent requests for the same
-	// direct conversation exactly one appends, and the other finds its result.
-	ack, err := s.append(ctx, e, jetstream.WithExpectLastSequencePerSubject(0))
+	// Expecting an empty conversation makes creation atomic: of two concurrent requests for the
+	// same direct conversation exactly one appends, and the other finds its result.
+	domain.Chain(&e, "")
+	ack, err := s.append(ctx, e, jetstream.WithExpectLastSequenceForSubject(0, ConversationSubjects(c.ID)))
 	if isWrongLastSequence(err) {
 		existing, seq, err := s.Conversation(ctx, c.ID)
 		if err != nil {
@@ -168,7 +205,7 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 	if err != nil {
 		return c, false, 0, err
 	}
-	s.convs.Add(c.ID, cachedConversation{conv: c, seq: ack.Sequence})
+	s.convs.Add(c.ID, cachedConversation{conv: c, seq: ack.Sequence, tip: ack.Sequence, tipHash: e.Hash})
 	return c, true, ack.Sequence, nil
 }
 
@@ -176,45 +213,63 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 // from the cache: callers use it to decide who may see what), and the sequence of the event it
 // comes from. It does not check membership: callers decide.
 func (s *Store) Conversation(ctx context.Context, id string) (domain.Conversation, uint64, error) {
-	return s.conversation(ctx, id, true)
+	c, err := s.conversation(ctx, id, true)
+	return c.conv, c.seq, err
 }
 
-func (s *Store) conversation(ctx context.Context, id string, fresh bool) (domain.Conversation, uint64, error) {
+// conversation returns the conversation's state and chain tip, from the cache unless fresh.
+func (s *Store) conversation(ctx context.Context, id string, fresh bool) (cachedConversation, error) {
 	if !domain.ValidConversationID(id) {
-		return domain.Conversation{}, 0, domain.Errorf(domain.CodeNotFound, "conversation not found")
+		return cachedConversation{}, domain.Errorf(domain.CodeNotFound, "conversation not found")
 	}
 	if !fresh {
 		if c, ok := s.convs.Get(id); ok {
-			return c.conv, c.seq, nil
+			return c, nil
 		}
 	}
-	e, seq, err := s.lastEvent(ctx, metaSubject(id))
+	// The tip first: whatever is read after it is at least as new, and an append expecting it
+	// fails if anything changed since.
+	tip, tipSeq, err := s.lastEvent(ctx, ConversationSubjects(id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return domain.Conversation{}, 0, domain.Errorf(domain.CodeNotFound, "conversation not found")
+		return cachedConversation{}, domain.Errorf(domain.CodeNotFound, "conversation not found")
 	}
 	if err != nil {
-		return domain.Conversation{}, 0, err
+		return cachedConversation{}, err
 	}
-	c, err := domain.ConversationOf(e)
+	meta, metaSeq := tip, tipSeq
+	if !isConversationEvent(tip.Type) {
+		if meta, metaSeq, err = s.lastEvent(ctx, metaSubject(id)); err != nil {
+			return cachedConversation{}, err
+		}
+	}
+	conv, err := domain.ConversationOf(meta)
 	if err != nil {
-		return domain.Conversation{}, 0, err
+		return cachedConversation{}, err
 	}
-	s.convs.Add(id, cachedConversation{conv: c, seq: seq})
-	return c, seq, nil
+	c := cachedConversation{conv: conv, seq: metaSeq, tip: tipSeq, tipHash: tip.Hash}
+	s.convs.Add(id, c)
+	return c, nil
+}
+
+// isConversationEvent reports whether events of type typ carry the conversation's state (and
+// are on its meta subject).
+func isConversationEvent(typ string) bool {
+	return typ == domain.TypeConversationCreated || typ == domain.TypeMemberJoined || typ == domain.TypeMemberLeft
 }
 
 // decideOnConversation runs decide against the conversation's state and appends the event it
-// returns, expecting the conversation's meta subject to be unchanged since the state was read.
-// A refused append, or a decision refused on cached state, is decided again on fresh state.
-// decide returns a nil event when there is nothing to append.
-func (s *Store) decideOnConversation(ctx context.Context, convID string, decide func(domain.Conversation) (*domain.Event, error), opts ...jetstream.PublishOpt) (*domain.Event, uint64, error) {
-	fresh := false
-	for range maxAttempts {
-		c, metaSeq, err := s.conversation(ctx, convID, fresh)
+// returns, chained to the conversation's last event and expecting that event to be the last
+// still. A refused append, or a decision refused on cached state, is decided again on fresh
+// state. decide returns a nil event when there is nothing to append; fresh forces the first
+// decision onto fresh state.
+func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh bool, decide func(domain.Conversation) (*domain.Event, error), opts ...jetstream.PublishOpt) (*domain.Event, uint64, error) {
+	defer s.lock(convID)()
+	for attempt := range maxAttempts {
+		c, err := s.conversation(ctx, convID, fresh)
 		if err != nil {
 			return nil, 0, err
 		}
-		e, err := decide(c)
+		e, err := decide(c.conv)
 		if err != nil {
 			if !fresh {
 				fresh = true // the cache may be behind another node's change: decide on fresh state
@@ -227,26 +282,34 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, decide 
 				fresh = true // "nothing to do" on cached state may be stale too
 				continue
 			}
-			return nil, metaSeq, nil
+			return nil, c.seq, nil
 		}
-		ack, err := s.append(ctx, *e, append(opts, jetstream.WithExpectLastSequenceForSubject(metaSeq, metaSubject(convID)))...)
+		domain.Chain(e, c.tipHash)
+		ack, err := s.append(ctx, *e, append(opts, jetstream.WithExpectLastSequenceForSubject(c.tip, ConversationSubjects(convID)))...)
 		if isWrongLastSequence(err) {
 			s.convs.Remove(convID)
 			fresh = true
+			if err := backOff(ctx, attempt); err != nil {
+				return nil, 0, err
+			}
 			continue
 		}
 		if err != nil {
+			s.convs.Remove(convID) // the append may have landed without its acknowledgement
 			return nil, 0, err
-		}
-		if e.Type == domain.TypeMemberJoined || e.Type == domain.TypeMemberLeft {
-			if after, err := domain.ConversationOf(*e); err == nil {
-				s.convs.Add(convID, cachedConversation{conv: after, seq: ack.Sequence})
-			}
 		}
 		e.Seq = ack.Sequence
 		if ack.Duplicate {
+			s.convs.Remove(convID)
 			return e, ack.Sequence, errDuplicate
 		}
+		c.tip, c.tipHash = ack.Sequence, e.Hash
+		if isConversationEvent(e.Type) {
+			if after, err := domain.ConversationOf(*e); err == nil {
+				c.conv, c.seq = after, ack.Sequence
+			}
+		}
+		s.convs.Add(convID, c)
 		return e, ack.Sequence, nil
 	}
 	return nil, 0, errBusy("conversation " + convID)
@@ -268,7 +331,7 @@ func (s *Store) AddMember(ctx context.Context, actor, convID, user string) (doma
 	if err := s.requireUsers(ctx, []string{user}); err != nil {
 		return domain.Conversation{}, 0, err
 	}
-	e, seq, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+	e, seq, err := s.decideOnConversation(ctx, convID, false, func(c domain.Conversation) (*domain.Event, error) {
 		return domain.AddMember(c, actor, user, s.limits, s.now())
 	})
 	if err != nil {
@@ -285,11 +348,11 @@ func (s *Store) AddMember(ctx context.Context, actor, convID, user string) (doma
 // requireMember answers not found unless actor is a member of the conversation now.
 func (s *Store) requireMember(ctx context.Context, convID, actor string) error {
 	for _, fresh := range []bool{false, true} {
-		c, _, err := s.conversation(ctx, convID, fresh)
+		c, err := s.conversation(ctx, convID, fresh)
 		if err != nil {
 			return err
 		}
-		if c.IsMember(actor) {
+		if c.conv.IsMember(actor) {
 			return nil
 		}
 	}
@@ -298,7 +361,7 @@ func (s *Store) requireMember(ctx context.Context, convID, actor string) error {
 
 // RemoveMember removes user from a group: a member leaving, or the creator removing them.
 func (s *Store) RemoveMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error) {
-	e, seq, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+	e, seq, err := s.decideOnConversation(ctx, convID, false, func(c domain.Conversation) (*domain.Event, error) {
 		e, err := domain.RemoveMember(c, actor, user, s.now())
 		return &e, err
 	})
@@ -326,7 +389,7 @@ func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, bod
 	} else if domain.ErrorCode(err) != domain.CodeNotFound {
 		return m, false, err
 	}
-	e, _, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+	e, _, err := s.decideOnConversation(ctx, convID, false, func(c domain.Conversation) (*domain.Event, error) {
 		e, err := domain.SendMessage(c, actor, clientMsgID, body, s.limits, s.now())
 		return &e, err
 	}, jetstream.WithMsgID(msgID))
@@ -382,37 +445,29 @@ func (s *Store) DeleteMessage(ctx context.Context, actor, msgID string) (domain.
 	})
 }
 
-// changeMessage decides an edit or delete and appends it expecting the message's subject to be
-// unchanged, so an edit can never resurrect a message deleted in the meantime.
+// changeMessage decides an edit or delete on fresh state and appends it expecting the
+// conversation unchanged since, so an edit can never resurrect a message deleted in the
+// meantime, nor act for someone removed in the meantime.
 func (s *Store) changeMessage(ctx context.Context, actor, msgID string, decide func(domain.Conversation, domain.Message) (domain.Event, error)) (domain.Message, uint64, error) {
 	convID, _, err := domain.SplitMessageID(msgID)
 	if err != nil {
 		return domain.Message{}, 0, err
 	}
-	for range maxAttempts {
-		m, lastSeq, err := s.Message(ctx, msgID)
-		if err != nil {
-			return m, 0, err
-		}
-		c, _, err := s.conversation(ctx, convID, true)
-		if err != nil {
-			return m, 0, err
+	var m domain.Message
+	e, seq, err := s.decideOnConversation(ctx, convID, true, func(c domain.Conversation) (*domain.Event, error) {
+		// Read after the conversation's tip, so the message is at least as new as it.
+		var err error
+		if m, _, err = s.Message(ctx, msgID); err != nil {
+			return nil, err
 		}
 		e, err := decide(c, m)
-		if err != nil {
-			return m, 0, err
-		}
-		ack, err := s.append(ctx, e, jetstream.WithExpectLastSequencePerSubject(lastSeq))
-		if isWrongLastSequence(err) {
-			continue
-		}
-		if err != nil {
-			return m, 0, err
-		}
-		m, err = domain.ApplyMessage(m, e)
-		return m, ack.Sequence, err
+		return &e, err
+	})
+	if err != nil {
+		return domain.Message{}, 0, err
 	}
-	return domain.Message{}, 0, errBusy("message " + msgID)
+	m, err = domain.ApplyMessage(m, *e)
+	return m, seq, err
 }
 
 // Export writes the events f selects as JSON Lines (see the package function Export).
@@ -422,7 +477,7 @@ func (s *Store) Export(ctx context.Context, f ExportFilter, w io.Writer) (int, e
 
 // MarkRead moves the actor's read marker in a conversation.
 func (s *Store) MarkRead(ctx context.Context, actor, convID string, seq uint64) (uint64, error) {
-	_, evSeq, err := s.decideOnConversation(ctx, convID, func(c domain.Conversation) (*domain.Event, error) {
+	_, evSeq, err := s.decideOnConversation(ctx, convID, false, func(c domain.Conversation) (*domain.Event, error) {
 		e, err := domain.MarkRead(c, actor, seq, s.now())
 		return &e, err
 	})

@@ -102,6 +102,9 @@ func userSubject(user string) string { return "chat.evt.user." + user }
 
 func metaSubject(conv string) string { return "chat.evt.conv." + conv + ".meta" }
 
+// ConversationSubjects covers every event of a conversation: its chain (see domain.Chain).
+func ConversationSubjects(conv string) string { return "chat.evt.conv." + conv + ".>" }
+
 func messageSubject(messageID string) (string, error) {
 	conv, local, err := domain.SplitMessageID(messageID)
 	if err != nil {
