@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/projections"
 	"github.com/chatd-dev/chatd/streams"
 	"github.com/labstack/echo/v4"
 )
@@ -62,4 +63,28 @@ func (w *ndjsonWriter) Write(p []byte) (int, error) {
 	n, err := w.resp.Write(p)
 	w.resp.Flush()
 	return n, err
+}
+
+// getProjections: GET /api/v1/admin/projections — each read model's checkpoint and lag (in
+// events and seconds), parked events, and the latest rebuild.
+func (s *server) getProjections(c echo.Context) error {
+	st, err := s.Projector.Status(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"projections": []projections.Status{st}, "rebuild": s.Rebuilds.Status()})
+}
+
+// postRebuild: POST /api/v1/admin/projections/rebuild — starts rebuilding the read models from
+// the stream in the background (202), or answers 409 while one runs.
+func (s *server) postRebuild(c echo.Context) error {
+	st, started := s.Rebuilds.Start()
+	if !started {
+		return c.JSON(http.StatusConflict, map[string]any{
+			"error":   map[string]string{"code": string(domain.CodeConflict), "message": "a rebuild is already running on this node"},
+			"rebuild": st,
+		})
+	}
+	c.Response().Header().Set(echo.HeaderLocation, "/api/v1/admin/projections")
+	return c.JSON(http.StatusAccepted, map[string]any{"rebuild": st})
 }

@@ -40,6 +40,13 @@ type Projector interface {
 	WaitFor(ctx context.Context, seq uint64) error
 	Healthy() error
 	Parked() int64
+	Status(ctx context.Context) (projections.Status, error)
+}
+
+// Rebuilds runs rebuilds of the read models for admins; *projections.Rebuilds implements it.
+type Rebuilds interface {
+	Start() (projections.RebuildStatus, bool)
+	Status() projections.RebuildStatus
 }
 
 // Check is one named readiness check for /readyz.
@@ -55,6 +62,7 @@ type Deps struct {
 	Conversations projections.Conversations
 	Messages      projections.Messages
 	Projector     Projector
+	Rebuilds      Rebuilds
 	Feed          Feed
 	Presence      Presence
 	Hub           *Hub
@@ -69,6 +77,8 @@ type Deps struct {
 	MinSeqTimeout time.Duration
 	// MaxBodyBytes bounds request bodies.
 	MaxBodyBytes int64
+	// Web serves the chat page for iframes (/embed/) and the host script (/embed.js), when set.
+	Web http.Handler
 }
 
 type server struct{ Deps }
@@ -97,6 +107,12 @@ func New(d Deps) *echo.Echo {
 		e.GET("/metrics", echo.WrapHandler(d.MetricsHandler))
 	}
 	e.GET("/readyz", s.readyz)
+	if d.Web != nil {
+		web := echo.WrapHandler(d.Web)
+		e.GET("/embed.js", web)
+		e.GET("/embed", web)
+		e.GET("/embed/*", web)
+	}
 
 	// Credentials are checked per route, not per group: a group's middleware would also run for
 	// unknown paths and wrong methods, answering 401 where 404 or 405 is the truth.
@@ -120,6 +136,10 @@ func New(d Deps) *echo.Echo {
 	v1.PATCH("/messages/:id", s.patchMessage, user)
 	v1.DELETE("/messages/:id", s.deleteMessage, user)
 	v1.GET("/admin/events", s.exportEvents, user, s.requireAdmin)
+	if d.Rebuilds != nil {
+		v1.GET("/admin/projections", s.getProjections, user, s.requireAdmin)
+		v1.POST("/admin/projections/rebuild", s.postRebuild, user, s.requireAdmin)
+	}
 	v1.GET("/ws", s.ws) // authenticates itself: browsers cannot send headers on a WebSocket
 	return e
 }

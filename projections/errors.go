@@ -9,8 +9,12 @@ import (
 )
 
 // readErr classifies a failed read: a statement PostgreSQL rejected is a bug (internal); any
-// other failure means the database cannot be reached, which the caller hears as 503.
+// other failure means the database cannot be reached, which the caller hears as 503. A nil err
+// stays nil.
 func readErr(err error, what string) error {
+	if err == nil {
+		return nil
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		return fmt.Errorf("%s: %w", what, err)

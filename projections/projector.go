@@ -52,6 +52,9 @@ type Projector struct {
 	Publish func(subject string, seq uint64, data []byte) error
 
 	pos atomic.Uint64 // the read models hold every event up to here
+	// tables identifies the checkpoint table this session started on; another one means the
+	// read models were rebuilt and switched over under it (see Rebuild).
+	tables uint32
 	// parkedConvs are the conversations with a parked event: their later events are parked
 	// too, so that none is shown out of order. Only the projector's goroutine uses it.
 	parkedConvs map[string]bool
@@ -216,11 +219,16 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 	var cp uint64
+	var tables uint32
 	// FOR UPDATE serialises projectors of the same name: a second one waits, then sees the
 	// advanced checkpoint and skips what the first applied.
-	if err := tx.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT seq, tableoid::oid FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp, &tables); err != nil {
 		return fmt.Errorf("lock checkpoint %s: %w", p.name, err)
 	}
+	if p.tables != 0 && tables != p.tables {
+		return errSwitched
+	}
+	p.tables = tables
 	audience, err := membersOf(ctx, tx, events)
 	if err != nil {
 		return err
@@ -328,11 +336,15 @@ func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("create checkpoint %s: %w", p.name, err)
 	}
 	var seq uint64
-	if err := p.pool.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1`, p.name).Scan(&seq); err != nil {
+	if err := p.pool.QueryRow(ctx, `SELECT seq, tableoid::oid FROM projector_checkpoints WHERE name = $1`, p.name).Scan(&seq, &p.tables); err != nil {
 		return 0, fmt.Errorf("read checkpoint %s: %w", p.name, err)
 	}
 	return seq, nil
 }
+
+// errSwitched stops a projector whose read models were rebuilt and switched over: it starts again
+// from the new checkpoint, with the new tables' parked events.
+var errSwitched = errors.New("the read models were rebuilt and switched over; restarting from the new checkpoint")
 
 func (p *Projector) advance(seq uint64) {
 	p.mu.Lock()

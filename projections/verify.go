@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/chatd-dev/chatd/migrations"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
@@ -57,31 +56,12 @@ var verifiedTables = []struct{ name, order, drop string }{
 // stream sequence. The live ones keep serving meanwhile; the scratch schema is dropped at
 // the end. progress, when set, hears how far the rebuild is.
 func Verify(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger, progress func(done, total uint64)) (VerifyResult, error) {
-	schema := fmt.Sprintf("chatd_verify_%d", time.Now().UnixNano())
-	if _, err := live.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		return VerifyResult{}, fmt.Errorf("create scratch schema: %w", err)
-	}
-	defer func() {
-		if _, err := live.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			log.Warn("scratch schema not dropped", "schema", schema, "err", err)
-		}
-	}()
-	cfg := live.Config().Copy()
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema
-	scratch, err := pgxpool.NewWithConfig(ctx, cfg)
+	sc, err := newScratch(ctx, live, "chatd_verify")
 	if err != nil {
-		return VerifyResult{}, fmt.Errorf("connect to the scratch schema: %w", err)
+		return VerifyResult{}, err
 	}
-	defer scratch.Close()
-	conn, err := scratch.Acquire(ctx)
-	if err != nil {
-		return VerifyResult{}, fmt.Errorf("connect to the scratch schema: %w", err)
-	}
-	err = migrations.Migrate(ctx, conn.Conn())
-	conn.Release()
-	if err != nil {
-		return VerifyResult{}, fmt.Errorf("migrate the scratch schema: %w", err)
-	}
+	defer sc.drop(ctx, log)
+	scratch := sc.pool
 	p := NewProjector(scratch, stream, log)
 	if _, err := p.checkpoint(ctx); err != nil {
 		return VerifyResult{}, err
@@ -89,9 +69,9 @@ func Verify(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, lo
 	// The live read models move on while we rebuild: catch up to their checkpoint, then compare
 	// inside a snapshot in which their checkpoint is still that one.
 	for range 10 {
-		var target uint64
-		if err := live.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM projector_checkpoints WHERE name = $1), 0)`, ProjectorName).Scan(&target); err != nil {
-			return VerifyResult{}, readErr(err, "read the live checkpoint")
+		target, err := liveCheckpoint(ctx, live)
+		if err != nil {
+			return VerifyResult{}, err
 		}
 		if err := p.catchUp(ctx, target, progress); err != nil {
 			return VerifyResult{}, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -37,13 +38,63 @@ func toolStream(ctx context.Context, cfg Config, name string) (*nats.Conn, jetst
 	return nc, stream, nil
 }
 
-// runAudit is `chatd audit export`: the event log as JSON Lines on standard output. It reads
-// the stream over NATS, from CHAT_NATS_URL or the running chatd's embedded server
-// (CHAT_NATS_LISTEN), and never touches PostgreSQL.
+// runAudit is `chatd audit export|verify`. Both read the stream over NATS, from CHAT_NATS_URL or
+// the running chatd's embedded server (CHAT_NATS_LISTEN), and never touch PostgreSQL.
 func runAudit(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "export" {
-		return errors.New("usage: chatd audit export [flags] (see chatd audit export -h)")
+	switch {
+	case len(args) > 0 && args[0] == "export":
+		return runAuditExport(ctx, args[1:], getenv, stdout, stderr)
+	case len(args) > 0 && args[0] == "verify":
+		return runAuditVerify(ctx, args[1:], getenv, stdout, stderr)
 	}
+	return errors.New("usage: chatd audit export|verify [flags] (see chatd audit export -h)")
+}
+
+// errTampered is the result of a verification that found problems.
+var errTampered = errors.New("the event log failed verification")
+
+// runAuditVerify is `chatd audit verify [--conversation id] [--json]`: it checks the hash chains
+// and prints each problem, first broken link first; it fails when there is any.
+func runAuditVerify(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("chatd audit verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	conv := fs.String("conversation", "", "verify only this conversation's chain")
+	asJSON := fs.Bool("json", false, "print problems and the summary as JSON Lines")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, _, err := parseConfig("chatd", nil, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	nc, stream, err := toolStream(ctx, cfg, "chatd audit")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	enc := json.NewEncoder(stdout)
+	res, err := streams.Verify(ctx, stream, *conv, func(p streams.Problem) error {
+		if *asJSON {
+			return enc.Encode(p)
+		}
+		_, err := fmt.Fprintln(stdout, p)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		_ = enc.Encode(map[string]any{"summary": res})
+	} else {
+		fmt.Fprintf(stdout, "verified %d events in %d chains up to seq %d: %d problems\n", res.Events, res.Chains, res.LastSeq, res.Problems)
+	}
+	if res.Problems > 0 {
+		return errTampered
+	}
+	return nil
+}
+
+func runAuditExport(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("chatd audit export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f streams.ExportFilter
@@ -55,7 +106,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 	fs.Uint64Var(&f.ToSeq, "to-seq", 0, "last stream sequence")
 	fs.StringVar(&since, "since", "", "first time (RFC 3339)")
 	fs.StringVar(&until, "until", "", "last time (RFC 3339)")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	for _, t := range []struct {

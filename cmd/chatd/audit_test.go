@@ -4,8 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/chatd-dev/chatd/internal/natstest"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 type exported struct {
@@ -98,5 +105,44 @@ func TestAuditExport(t *testing.T) {
 	}
 	if got := parseExport(t, out.Bytes()); len(got) != 1 || got[0].Event.Data["message_id"] != m.str("id") {
 		t.Fatalf("chatd audit export: %s", out.String())
+	}
+}
+
+// chatd audit verify passes on an intact log and names the first broken link of a log from which
+// an event was deleted.
+func TestAuditVerify(t *testing.T) {
+	env := dbEnv(t)
+	ns := externalNATS(t, env)
+	c := start(t, env)
+	alice, conv := c.aliceAndBob()
+	var last response
+	for i := range 3 {
+		last = c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", alice, map[string]string{"client_msg_id": strconv.Itoa(i), "body": "hello"})
+	}
+	verify := func(args ...string) (string, error) {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), append([]string{"audit", "verify"}, args...), func(k string) string { return env[k] }, &out, &errOut)
+		return out.String() + errOut.String(), err
+	}
+	if out, err := verify(); err != nil || !strings.Contains(out, "0 problems") {
+		t.Fatalf("intact log: %v\n%s", err, out)
+	}
+
+	// Remove the second message from the stream, as someone with NATS access could.
+	js, err := jetstream.New(natstest.Connect(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(context.Background(), streams.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := last.num("seq") - 1
+	if err := stream.DeleteMsg(context.Background(), gone); err != nil {
+		t.Fatal(err)
+	}
+	out, err := verify("--conversation", conv)
+	if !errors.Is(err, errTampered) || !strings.Contains(out, fmt.Sprintf("seq %d (conversation %s", gone+1, conv)) || !strings.Contains(out, "broken link") {
+		t.Fatalf("tampered log: %v\n%s", err, out)
 	}
 }

@@ -17,6 +17,8 @@ import (
 type Config struct {
 	Addr            string
 	AdminAddr       string
+	DemoAddr        string
+	PublicURL       string
 	DataDir         string
 	NATSURL         string
 	NATSListen      string
@@ -51,6 +53,8 @@ func (c *Config) settings() []setting {
 	return []setting{
 		{"addr", "CHAT_ADDR", "HTTP listen address", false, (*stringValue)(&c.Addr)},
 		{"admin-addr", "CHAT_ADMIN_ADDR", "listen address of the pprof endpoints (keep it on loopback); empty turns them off", false, (*stringValue)(&c.AdminAddr)},
+		{"demo-addr", "CHAT_DEMO_ADDR", `listen address of the demo host site, another origin that embeds the chat; "off" turns it off`, false, (*stringValue)(&c.DemoAddr)},
+		{"public-url", "CHAT_PUBLIC_URL", "chatd's base URL as browsers reach it (default: from the listen address)", false, (*stringValue)(&c.PublicURL)},
 		{"data-dir", "CHAT_DATA_DIR", "data directory: embedded NATS store, embedded PostgreSQL, generated secrets", false, (*stringValue)(&c.DataDir)},
 		{"nats-url", "CHAT_NATS_URL", "external NATS server(s); empty runs an embedded server", false, (*stringValue)(&c.NATSURL)},
 		{"nats-listen", "CHAT_NATS_LISTEN", "client address of the embedded NATS server", false, (*stringValue)(&c.NATSListen)},
@@ -79,6 +83,7 @@ func (c *Config) settings() []setting {
 func defaultConfig() Config {
 	return Config{
 		Addr:            ":8080",
+		DemoAddr:        "127.0.0.1:8081",
 		DataDir:         "./data",
 		NATSListen:      "127.0.0.1:4222",
 		NATSSync:        "1s",
@@ -151,6 +156,11 @@ func (c Config) validate() error {
 	if c.NATSURL != "" && (c.ServiceKey == "" || c.JWTSecret == "") {
 		problems = append(problems, "with an external NATS (several nodes), set CHAT_SERVICE_KEY and CHAT_JWT_SECRET: every node must share them")
 	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			problems = append(problems, fmt.Sprintf("public URL %q must look like https://host[:port][/path]", c.PublicURL))
+		}
+	}
 	for _, o := range c.origins() {
 		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 			problems = append(problems, fmt.Sprintf("allowed origin %q must look like https://host[:port]", o))
@@ -162,16 +172,19 @@ func (c Config) validate() error {
 	return nil
 }
 
-// origins returns the allowed origins as a list.
+// origins returns the allowed origins (of host sites) as a list.
 func (c Config) origins() []string {
 	var out []string
 	for _, o := range strings.Split(c.AllowedOrigins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
+		if o = strings.TrimRight(strings.TrimSpace(o), "/"); o != "" {
 			out = append(out, o)
 		}
 	}
 	return out
 }
+
+// demo reports whether the demo host site runs.
+func (c Config) demo() bool { return c.DemoAddr != "off" && c.DemoAddr != "" }
 
 // print writes the configuration, secrets masked, one setting a line.
 func (c *Config) print(w io.Writer) {

@@ -74,6 +74,7 @@ func baseEnv(t *testing.T) map[string]string {
 		"CHAT_SERVICE_KEY": testServiceKey,
 		"CHAT_JWT_SECRET":  testJWTSecret,
 		"CHAT_LOG_LEVEL":   "warn",
+		"CHAT_DEMO_ADDR":   "off",
 	}
 }
 

@@ -79,6 +79,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 		"CHAT_NATS_LISTEN": "127.0.0.1:0",
 		"CHAT_DATA_DIR":    dataDir,
 		"CHAT_LOG_LEVEL":   "warn",
+		"CHAT_DEMO_ADDR":   "127.0.0.1:0",
 	}
 	c := start(t, env)
 	keyFile := filepath.Join(dataDir, "service-key")
@@ -95,6 +96,8 @@ func TestEmbeddedDefaults(t *testing.T) {
 	alice := c.must(201, "POST", "/api/v1/tokens", key, map[string]any{"user_id": "alice", "ttl_seconds": 600}).str("token")
 	d := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
 	m := c.must(201, "POST", "/api/v1/conversations/"+d.str("id")+"/messages", alice, map[string]string{"client_msg_id": "x", "body": "persisted"})
+	// The demo host site is on by default and mints tokens with the generated service key.
+	c.must(200, "GET", "/api/v1/me", demoToken(t, c, "carol"), nil)
 	c.stop()
 	// Its PostgreSQL stopped with it.
 	if _, err := os.Stat(filepath.Join(dataDir, "postgres", "postmaster.pid")); !errors.Is(err, fs.ErrNotExist) {

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/chatd-dev/chatd/projections"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -15,19 +15,19 @@ import (
 	"golang.org/x/term"
 )
 
-// runReplay is `chatd replay --verify`: rebuild the read models from the stream into a scratch
-// schema, compare them with the live ones, and fail if they differ. (Rebuilding into fresh
-// tables and switching over is not built yet; to rebuild today, start chatd on an empty
-// database.)
+// runReplay is `chatd replay`: rebuild the read models from the stream into fresh tables while
+// the live ones keep serving, then switch over to them. With --verify it rebuilds into a scratch
+// schema instead, compares with the live read models, and fails if they differ.
 func runReplay(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("chatd replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	verify := fs.Bool("verify", false, "rebuild into a scratch schema and compare with the live read models")
+	verify := fs.Bool("verify", false, "rebuild into a scratch schema and compare with the live read models (changes nothing)")
+	keepOld := fs.Bool("keep-old", false, "keep the replaced tables in a schema of their own instead of dropping them")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if !*verify {
-		return errors.New("chatd replay: only --verify exists so far; to rebuild the read models, start chatd on an empty database (docs/operations.md)")
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	cfg, _, err := parseConfig("chatd", nil, getenv, stderr)
 	if err != nil {
@@ -50,6 +50,18 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 	}
 	defer pool.Close()
 
+	if !*verify {
+		res, err := projections.Rebuild(ctx, pool, stream, log, projections.RebuildOptions{KeepOld: *keepOld, Progress: progress(stderr)})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "read models rebuilt from %d events and switched over at seq %d in %s (%.0f events/s)\n",
+			res.Events, res.Seq, res.Took.Round(time.Millisecond), float64(res.Events)/res.Took.Seconds())
+		if res.OldSchema != "" {
+			fmt.Fprintf(stdout, "the replaced tables are in schema %s; drop it with: DROP SCHEMA %s CASCADE\n", res.OldSchema, res.OldSchema)
+		}
+		return nil
+	}
 	res, err := projections.Verify(ctx, pool, stream, log, progress(stderr))
 	if err != nil {
 		return err

@@ -19,6 +19,7 @@ import (
 	"github.com/chatd-dev/chatd/migrations"
 	"github.com/chatd-dev/chatd/projections"
 	"github.com/chatd-dev/chatd/streams"
+	"github.com/chatd-dev/chatd/web"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
@@ -105,6 +106,28 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	wg.Go(func() { projector.Run(projCtx) })
 	closers.push("projector", func() { stopProjector(); wg.Wait() })
 
+	// Listen before building the API: the page for iframes needs the demo's origin.
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	publicURL := strings.TrimRight(cfg.PublicURL, "/")
+	if publicURL == "" {
+		publicURL = "http://" + displayAddr(ln.Addr())
+	}
+	origins := cfg.origins()
+	var demoLn net.Listener
+	if cfg.demo() {
+		if demoLn, err = net.Listen("tcp", cfg.DemoAddr); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listen on %s for the demo host site (CHAT_DEMO_ADDR=off turns it off): %w", cfg.DemoAddr, err)
+		}
+		origins = append(origins, loopbackOrigins(demoLn.Addr())...)
+	}
+
+	rebuilds := projections.NewRebuilds(pool, stream, log)
+	closers.push("rebuild", rebuilds.Close)
+
 	hub := api.NewHub()
 	handler := api.New(api.Deps{
 		Commands:       store,
@@ -112,10 +135,12 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		Conversations:  projections.NewConversations(pool),
 		Messages:       projections.NewMessages(pool),
 		Projector:      projector,
+		Rebuilds:       rebuilds,
 		Feed:           projections.NewFeed(natsConn, stream, pool),
 		Presence:       presence,
 		Hub:            hub,
-		WS:             api.WSConfig{AllowedOrigins: cfg.origins(), SendQueue: cfg.WSSendQueue, MaxReplay: cfg.WSMaxReplay},
+		Web:            web.App(origins),
+		WS:             api.WSConfig{AllowedOrigins: origins, SendQueue: cfg.WSSendQueue, MaxReplay: cfg.WSMaxReplay},
 		Auth:           auth,
 		Metrics:        m,
 		MetricsHandler: promhttp.HandlerFor(registry, promhttp.HandlerOpts{}),
@@ -133,14 +158,16 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		},
 	})
 
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
-	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	fmt.Fprintf(stdout, "chatd listening on http://%s\n", displayAddr(ln.Addr()))
+	if demoLn != nil {
+		demo := &http.Server{Handler: web.Demo(web.DemoConfig{ChatURL: publicURL, ServiceKey: serviceKey, Users: web.DemoUsers}), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = demo.Serve(demoLn) }()
+		closers.push("demo listener", func() { _ = demo.Close() })
+		fmt.Fprintf(stdout, "chatd demo host site on http://%s (open it to try the chat)\n", displayAddr(demoLn.Addr()))
+	}
+	fmt.Fprintf(stdout, "chatd listening on %s\n", publicURL)
 	if cfg.AdminAddr != "" {
 		admin, err := serveAdmin(cfg.AdminAddr, log)
 		if err != nil {
@@ -226,6 +253,16 @@ func displayAddr(a net.Addr) string {
 		return a.String()
 	}
 	return fmt.Sprintf("localhost:%d", tcp.Port)
+}
+
+// loopbackOrigins are the origins a browser on this machine uses for a listener: the demo is
+// reached as http://localhost:port as often as by its address.
+func loopbackOrigins(a net.Addr) []string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !(tcp.IP.IsLoopback() || tcp.IP.IsUnspecified()) {
+		return []string{"http://" + a.String()}
+	}
+	return []string{fmt.Sprintf("http://localhost:%d", tcp.Port), fmt.Sprintf("http://127.0.0.1:%d", tcp.Port)}
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
