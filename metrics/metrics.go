@@ -23,6 +23,7 @@ type Metrics struct {
 	BatchSize     prometheus.Histogram
 	BatchDuration prometheus.Histogram
 	ProjectorErrs prometheus.Counter
+	ParkedEvents  prometheus.Gauge
 	Pushes        prometheus.Counter
 	PushErrors    prometheus.Counter
 	WSConnections prometheus.Gauge
@@ -67,6 +68,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		ProjectorErrs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatd_projector_errors_total", Help: "Projector restarts after a failure (PostgreSQL or NATS).",
 		}),
+		ParkedEvents: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chatd_projector_parked_events", Help: "Events the projector parked as poison (see parked_events); anything above 0 needs an operator.",
+		}),
 		Pushes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatd_pushes_total", Help: "Frames published to per-user push subjects.",
 		}),
@@ -87,7 +91,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.HTTPRequests, m.HTTPDuration, m.Appended, m.AppendErrors, m.Checkpoint, m.LagEvents,
-		m.LagSeconds, m.BatchSize, m.BatchDuration, m.ProjectorErrs, m.Pushes, m.PushErrors, m.WSConnections,
+		m.LagSeconds, m.BatchSize, m.BatchDuration, m.ProjectorErrs, m.ParkedEvents, m.Pushes, m.PushErrors, m.WSConnections,
 		m.WSFrames, m.WSSlowCloses, m.ReadErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -146,6 +150,13 @@ func (m *Metrics) Position(checkpoint uint64) {
 func (m *Metrics) ProjectorFailed() {
 	if m != nil {
 		m.ProjectorErrs.Inc()
+	}
+}
+
+// Parked records how many events are parked.
+func (m *Metrics) Parked(n int64) {
+	if m != nil {
+		m.ParkedEvents.Set(float64(n))
 	}
 }
 

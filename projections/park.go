@@ -90,7 +90,7 @@ func (p *Projector) park(ctx context.Context, m jetstream.Msg, cause error) erro
 	if e.ConversationID != "" {
 		p.parkedConvs[e.ConversationID] = true
 	}
-	p.parked.Add(1)
+	p.Metrics.Parked(p.parked.Add(1))
 	p.Metrics.ProjectorFailed()
 	p.log.Error("parked an event PostgreSQL rejects; its conversation's later events wait with it",
 		"seq", e.Seq, "subject", m.Subject(), "conversation", e.ConversationID, "err", cause)
@@ -119,6 +119,7 @@ func (p *Projector) loadParked(ctx context.Context) error {
 		return fmt.Errorf("count parked events: %w", err)
 	}
 	p.parked.Store(n)
+	p.Metrics.Parked(n)
 	return nil
 }
 

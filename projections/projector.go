@@ -263,7 +263,9 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit events %d..%d: %w", cp+1, last, err)
 	}
-	p.parked.Add(parkedNow)
+	if parkedNow > 0 {
+		p.Metrics.Parked(p.parked.Add(parkedNow))
+	}
 	if len(applied) > 0 {
 		p.batches.Add(1)
 		p.applied.Add(uint64(len(applied)))

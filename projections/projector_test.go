@@ -11,8 +11,11 @@ import (
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/internal/pgtest"
+	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/streams"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -254,6 +257,8 @@ func TestPoisonEventIsParked(t *testing.T) {
 	f.check(err)
 
 	p := f.projector()
+	m := metrics.New(prometheus.NewRegistry())
+	p.Metrics = m
 	f.run(p)
 	f.waitFor(p, f.lastSeq())
 	if _, err := NewMessages(f.pool).Get(f.ctx, ok.ID); err != nil {
@@ -270,5 +275,24 @@ func TestPoisonEventIsParked(t *testing.T) {
 	}
 	if err := p.Healthy(); err != nil {
 		t.Fatalf("projector stopped: %v", err)
+	}
+	// Operators see it in the metric and the admin status.
+	if got := testutil.ToFloat64(m.ParkedEvents); got != 2 {
+		t.Fatalf("parked events metric %v, want 2", got)
+	}
+	st, err := p.Status(f.ctx)
+	if err != nil || st.ParkedEvents != 2 || st.LagEvents != 0 {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	// A rebuild applies everything again and parks what still fails.
+	if _, err := Rebuild(f.ctx, f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.check(f.pool.QueryRow(f.ctx, `SELECT count(*) FROM parked_events WHERE conversation_id = $1`, poisoned.ID).Scan(&n))
+	if n != 2 {
+		t.Fatalf("%d parked rows after a rebuild, want 2", n)
+	}
+	if _, err := NewMessages(f.pool).Get(f.ctx, ok.ID); err != nil {
+		t.Fatalf("the healthy conversation's message after a rebuild: %v", err)
 	}
 }
