@@ -14,9 +14,9 @@ import (
 	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/streams"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
