@@ -37,6 +37,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	keyFile := fs.String("service-key-file", "data/service-key", "file holding the service key (when -service-key is empty)")
 	asJSON := fs.Bool("json", false, "print a machine-readable summary instead of the table")
 	idle := fs.Int("idle", 0, "idle-connections mode: open this many WebSockets (over -users users) and report chatd's memory per connection")
+	replay := fs.Int("replay", 0, "replay mode: generate this many message events straight into chatd's stream, then time chatd replay (POST /api/v1/admin/projections/rebuild); for a throwaway chatd")
+	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "replay mode: chatd's NATS server (the embedded one by default)")
 	fs.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "chatd base URL")
 	fs.StringVar(&cfg.ServiceKey, "service-key", os.Getenv("CHAT_SERVICE_KEY"), "the host site's service key")
 	fs.IntVar(&cfg.Users, "users", 100, "users, each with one WebSocket")
@@ -59,6 +61,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New("no service key: pass -service-key, set CHAT_SERVICE_KEY, or point -service-key-file at chatd's data/service-key")
 		}
 		cfg.ServiceKey = strings.TrimSpace(string(b))
+	}
+	if *replay > 0 {
+		return runReplay(ctx, bench.ReplayConfig{URL: cfg.URL, ServiceKey: cfg.ServiceKey, RunID: cfg.RunID, NATSURL: *natsURL,
+			Events: *replay, Conversations: cfg.Directs, BodyBytes: cfg.BodyBytes}, *asJSON, stdout, stderr)
 	}
 	if *idle > 0 {
 		res, err := bench.Idle(ctx, bench.IdleConfig{URL: cfg.URL, ServiceKey: cfg.ServiceKey, RunID: cfg.RunID,
@@ -114,3 +120,38 @@ func report(w io.Writer, r bench.Result) {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
+
+// runReplay runs the replay benchmark with a progress bar per stage and prints the result.
+func runReplay(ctx context.Context, cfg bench.ReplayConfig, asJSON bool, stdout, stderr io.Writer) error {
+	var bar *progressbar.ProgressBar
+	stage := ""
+	cfg.Progress = func(s string, done, total uint64) {
+		if s != stage {
+			if bar != nil {
+				_ = bar.Finish()
+				fmt.Fprintln(stderr)
+			}
+			stage = s
+			bar = progressbar.NewOptions64(int64(total), progressbar.OptionSetWriter(stderr), progressbar.OptionSetDescription(s),
+				progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("events"), progressbar.OptionSetPredictTime(true))
+		}
+		bar.ChangeMax64(int64(max(total, 1)))
+		_ = bar.Set64(int64(done))
+	}
+	res, err := bench.Replay(ctx, cfg)
+	if bar != nil {
+		_ = bar.Finish()
+		fmt.Fprintln(stderr)
+	}
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return json.NewEncoder(stdout).Encode(res)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "generated\t%d events into the stream in %s\n", res.Generated, res.GenerateTime.Round(time.Millisecond))
+	fmt.Fprintf(tw, "projected\tby the live projector in %s\n", res.CatchUpTime.Round(time.Millisecond))
+	fmt.Fprintf(tw, "replay\t%d events rebuilt and switched over in %s: %.0f events/s\n", res.RebuildEvents, res.RebuildTime.Round(time.Millisecond), res.EventsPerSec)
+	return tw.Flush()
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -42,5 +43,28 @@ func TestLoadToolSmallRun(t *testing.T) {
 	}
 	if res.ExpectedPushes != want {
 		t.Fatalf("expected pushes %d, want %d", res.ExpectedPushes, want)
+	}
+}
+
+// The replay benchmark's numbers are consistent: every generated event, and the setup's, is
+// rebuilt, and the generated events are chained like chatd's own (audit verify passes).
+func TestLoadToolReplay(t *testing.T) {
+	env := dbEnv(t)
+	ns := externalNATS(t, env)
+	c := start(t, env)
+	res, err := bench.Replay(context.Background(), bench.ReplayConfig{
+		URL: c.url, ServiceKey: testServiceKey, RunID: "t", NATSURL: ns.ClientURL(),
+		Events: 3000, Conversations: 7, BodyBytes: 100,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 14 users and 7 conversations were created over the API before the 3,000 messages.
+	if res.Generated != 3000 || res.RebuildEvents != 3000+14+7 || res.EventsPerSec <= 0 {
+		t.Fatalf("result %+v", res)
+	}
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"audit", "verify"}, func(k string) string { return env[k] }, &out, &errOut); err != nil {
+		t.Fatalf("audit verify after the replay benchmark: %v\n%s%s", err, out.String(), errOut.String())
 	}
 }
