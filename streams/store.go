@@ -69,12 +69,12 @@ func (s *Store) lock(convID string) func() {
 }
 
 // maxAttempts bounds how often a command is decided again after a conflicting append.
-const maxAttempts = 10
+const maxAttempts = 32
 
-// backOff waits a random time, longer with each attempt (up to 32ms), after an append lost a race
+// backOff waits a random time, longer with each attempt (up to 8ms), after an append lost a race
 // to another node: two nodes appending to one conversation otherwise keep colliding.
 func backOff(ctx context.Context, attempt int) error {
-	t := time.NewTimer(rand.N(time.Millisecond << min(attempt, 5)))
+	t := time.NewTimer(rand.N(time.Millisecond << min(attempt, 3)))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	cdppage "github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/target"
 	"github.com/chromedp/chromedp"
 )
@@ -84,7 +86,15 @@ func openDemo(t *testing.T, browser context.Context, demoURL, chatURL, user stri
 	if err := chromedp.Do(host, chromedp.Navigate(demoURL+"/?user="+user)); err != nil {
 		t.Fatalf("open the demo as %s: %v", user, err)
 	}
+	return attachChat(t, host, chatURL, user)
+}
+
+// attachChat attaches to the chat iframe of the window host, signed in as user.
+func attachChat(t *testing.T, host context.Context, chatURL, user string) *page {
+	t.Helper()
 	p := &page{t: t, name: user, host: host}
+	// Targets lists the whole browser's: take the chat iframe of this window's browser context.
+	browserContext := chromedp.FromContext(host).BrowserContextID
 	var id target.ID
 	eventually(t, 20*time.Second, func() error {
 		targets, err := chromedp.Targets(host)
@@ -92,12 +102,12 @@ func openDemo(t *testing.T, browser context.Context, demoURL, chatURL, user stri
 			return err
 		}
 		for _, ti := range targets {
-			if ti.Type == "iframe" && strings.HasPrefix(ti.URL, chatURL+"/embed/") {
+			if ti.Type == "iframe" && ti.BrowserContextID == browserContext && strings.HasPrefix(ti.URL, chatURL+"/embed/") {
 				id = ti.TargetID
 				return nil
 			}
 		}
-		return fmt.Errorf("no chat iframe among %d targets", len(targets))
+		return fmt.Errorf("no chat iframe in %s's window among %d targets", user, len(targets))
 	})
 	chat, cancel := chromedp.NewContext(host, chromedp.WithTargetID(id))
 	t.Cleanup(cancel)
@@ -108,6 +118,7 @@ func openDemo(t *testing.T, browser context.Context, demoURL, chatURL, user stri
 	}
 	p.chat = chat
 	p.waitFor(`#connection-state[data-state="online"]`)
+	p.waitFor(fmt.Sprintf(`#me[data-user-id="%s"]`, user))
 	return p
 }
 
@@ -176,6 +187,11 @@ func (p *page) screenshot(name string) {
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(p.host, 20*time.Second)
 	defer cancel()
+	// A window in the background does not repaint its cross-site iframe: bring it forward first.
+	if _, err := chromedp.Call(ctx, cdppage.BringToFront, cdp.Empty{}); err != nil {
+		p.t.Fatalf("bring %s forward: %v", p.name, err)
+	}
+	time.Sleep(300 * time.Millisecond) // a few frames for the iframe to repaint
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		p.t.Fatalf("screenshot %s: %v", name, err)
@@ -254,6 +270,8 @@ func TestBrowserChat(t *testing.T) {
 		alice.until("her message sent", `[...document.querySelectorAll('#message-list .message[data-sender-id="alice"]')].every(m => m.dataset.state === "sent" && m.dataset.messageId !== "")`)
 		// Links are clickable, safely.
 		bob.until("a safe link", `(() => { const a = document.querySelector('#message-list .message[data-sender-id="alice"] .body a'); return !!a && a.href === "https://example.org/trip?day=sat" && a.rel.includes("noopener") && a.target === "_blank"; })()`)
+		// Bob reads as the message arrives: his read marker moves, no unread badge stays.
+		bob.until("no unread badge", fmt.Sprintf(`!document.querySelector('#conversation-list [data-conversation-id="%s"] .unread')`, conv))
 		bob.send("hi alice!")
 		alice.until("bob's answer", `[...document.querySelectorAll('#message-list .message .body')].some(b => b.textContent === "hi alice!")`)
 		alice.screenshot("02-alice-chatting")
@@ -278,11 +296,27 @@ func TestBrowserChat(t *testing.T) {
 		bob.screenshot("04-xss-as-text")
 	})
 
+	t.Run("a phone-sized frame shows one pane at a time", func(t *testing.T) {
+		host, cancel := chromedp.NewContext(browser, chromedp.WithNewBrowserContext())
+		defer cancel()
+		if err := chromedp.Do(host, chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)), chromedp.Navigate(demoURL+"/?user=carol&with=alice")); err != nil {
+			t.Fatal(err)
+		}
+		carol := attachChat(t, host, chatURL, "carol")
+		carol.waitFor(`#app[data-view="conversation"] #back`)
+		carol.send("hello from a phone")
+		alice.until("carol's message in a new conversation", `[...document.querySelectorAll('#conversation-list .preview')].some(p => p.textContent.includes("hello from a phone"))`)
+		carol.screenshot("07-phone")
+		carol.must(chromedp.Click(chromedp.CSS("#back")))
+		carol.waitFor(`#app[data-view="list"] #conversation-list`)
+	})
+
+	outer := t // the restarted chatd lives as long as the whole test
 	t.Run("reconnect after a server restart resumes with nothing lost", func(t *testing.T) {
 		c.stop()
 		bob.until("the connection lost", `["reconnecting", "offline", "connecting"].includes(document.querySelector('#connection-state').dataset.state)`)
 		bob.screenshot("05-reconnecting")
-		c = start(t, env)
+		c = start(outer, env)
 		// Sent at once, before bob's backoff lets him reconnect: they reach him by resume.
 		for i := 1; i <= 3; i++ {
 			c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", aliceTok, map[string]string{"client_msg_id": fmt.Sprint("r", i), "body": fmt.Sprint("after restart ", i)})
