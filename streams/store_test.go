@@ -71,9 +71,13 @@ func events(t *testing.T, st jetstream.Stream) []domain.Event {
 }
 
 func count(evs []domain.Event, typ string) int {
+	return countIf(evs, func(e domain.Event) bool { return e.Type == typ })
+}
+
+func countIf(evs []domain.Event, match func(domain.Event) bool) int {
 	n := 0
 	for _, e := range evs {
-		if e.Type == typ {
+		if match(e) {
 			n++
 		}
 	}

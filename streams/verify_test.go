@@ -125,7 +125,7 @@ func TestVerifyChains(t *testing.T) {
 	if len(problems) != 0 || res.Events != len(all) || res.Chains != 5 {
 		t.Fatalf("intact stream: %+v, problems %v; want %d events in 5 chains (3 users, 2 conversations)", res, problems, len(all))
 	}
-	if res, problems := verify(t, n.stream, group.ID); len(problems) != 0 || res.Chains != 1 || res.Events != countConv(all, group.ID) {
+	if res, problems := verify(t, n.stream, group.ID); len(problems) != 0 || res.Chains != 1 || res.Events != countIf(all, func(e domain.Event) bool { return e.ConversationID == group.ID }) {
 		t.Fatalf("one conversation: %+v, %v", res, problems)
 	}
 
@@ -211,16 +211,6 @@ func TestVerifyChains(t *testing.T) {
 			t.Fatalf("problems %v", problems)
 		}
 	})
-}
-
-func countConv(evs []domain.Event, conv string) int {
-	n := 0
-	for _, e := range evs {
-		if e.ConversationID == conv {
-			n++
-		}
-	}
-	return n
 }
 
 // Two nodes sending to one group at once keep its chain linear: every send lands once, and each

@@ -50,6 +50,15 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 	return errors.New("usage: chatd audit export|verify [flags] (see chatd audit export -h)")
 }
 
+// auditStream connects an audit command to the events stream, configured as chatd is.
+func auditStream(ctx context.Context, getenv func(string) string, stderr io.Writer) (*nats.Conn, jetstream.Stream, error) {
+	cfg, _, err := parseConfig("chatd", nil, getenv, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return toolStream(ctx, cfg, "chatd audit")
+}
+
 // errTampered is the result of a verification that found problems.
 var errTampered = errors.New("the event log failed verification")
 
@@ -63,11 +72,7 @@ func runAuditVerify(ctx context.Context, args []string, getenv func(string) stri
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, _, err := parseConfig("chatd", nil, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	nc, stream, err := toolStream(ctx, cfg, "chatd audit")
+	nc, stream, err := auditStream(ctx, getenv, stderr)
 	if err != nil {
 		return err
 	}
@@ -121,11 +126,7 @@ func runAuditExport(ctx context.Context, args []string, getenv func(string) stri
 			return fmt.Errorf("%q is not an RFC 3339 time: %w", t.v, err)
 		}
 	}
-	cfg, _, err := parseConfig("chatd", nil, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	nc, stream, err := toolStream(ctx, cfg, "chatd audit")
+	nc, stream, err := auditStream(ctx, getenv, stderr)
 	if err != nil {
 		return err
 	}
