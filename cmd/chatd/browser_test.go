@@ -153,9 +153,20 @@ func eval[T any](p *page, js string) T {
 // until waits until js is true in the chat iframe.
 func (p *page) until(what, js string) {
 	p.t.Helper()
+	p.poll(p.chat, "chat", what, js)
+}
+
+// hostUntil waits until js is true in the host page.
+func (p *page) hostUntil(what, js string) {
+	p.t.Helper()
+	p.poll(p.host, "host page", what, js)
+}
+
+func (p *page) poll(in context.Context, where, what, js string) {
+	p.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(p.chat, 5*time.Second)
+		ctx, cancel := context.WithTimeout(in, 5*time.Second)
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
 		cancel()
 		if err == nil && ok {
@@ -163,7 +174,7 @@ func (p *page) until(what, js string) {
 		}
 		if time.Now().After(deadline) {
 			p.screenshot("failed-" + p.name)
-			p.t.Fatalf("%s: never %s (%v)", p.name, what, err)
+			p.t.Fatalf("%s's %s: never %s (%v)", p.name, where, what, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -248,6 +259,8 @@ func TestBrowserChat(t *testing.T) {
 
 	alice := openDemo(t, browser, demoURL, chatURL, "alice")
 	alice.until("the unread badge", fmt.Sprintf(`document.querySelector('#conversation-list [data-conversation-id="%s"] .unread')?.textContent.trim() === "40"`, conv))
+	// The iframe tells the host page its unread total, for the host's own badge.
+	alice.hostUntil("the host's badge", `document.querySelector('#chat-badge').dataset.unread === "40"`)
 	alice.screenshot("01-conversation-list")
 
 	t.Run("history pages", func(t *testing.T) {
