@@ -138,6 +138,12 @@ func (p *page) waitFor(sel string) {
 	p.must(chromedp.WaitVisible(chromedp.CSS(sel)))
 }
 
+// eval runs js in the chat iframe for its effect.
+func (p *page) eval(js string) {
+	p.t.Helper()
+	eval[any](p, "(() => { "+js+"; return null; })()")
+}
+
 // eval evaluates js in the chat iframe.
 func eval[T any](p *page, js string) T {
 	p.t.Helper()
@@ -291,6 +297,49 @@ func TestBrowserChat(t *testing.T) {
 		bob.screenshot("03-bob-chatting")
 	})
 
+	t.Run("edit, delete and typing", func(t *testing.T) {
+		alice.send("see you at 8")
+		mine := `[...document.querySelectorAll('#message-list .message[data-sender-id="alice"][data-state="sent"]')].at(-1)`
+		alice.until("the message sent", mine+`?.querySelector('.body').textContent === "see you at 8"`)
+		alice.eval(mine + `.querySelector('.edit').click()`)
+		alice.must(chromedp.SetValue(chromedp.CSS("#message-list .edit-input"), "see you at 9"), chromedp.Click(chromedp.CSS("#message-list .edit-save")))
+		bob.until("the edit", `[...document.querySelectorAll('#message-list .message')].some(m => m.querySelector('.body').textContent === "see you at 9" && m.querySelector('.edited'))`)
+		alice.eval(`[...document.querySelectorAll('#message-list .message')].find(m => m.querySelector('.body').textContent === "see you at 9").querySelector('.delete').click()`)
+		bob.until("the tombstone", `[...document.querySelectorAll('#message-list .message.deleted')].some(m => m.querySelector('.body').textContent === "message deleted") && ![...document.querySelectorAll('#message-list .body')].some(b => b.textContent.startsWith("see you at"))`)
+
+		// Bob keeps typing (his client sends a typing frame at most every 3 s) until alice sees it.
+		typing := false
+		for range 20 {
+			bob.must(chromedp.SendKeys(chromedp.CSS("#message-input"), "x"))
+			if typing = eval[bool](alice, `document.querySelector('#typing').textContent.includes("is typing")`); typing {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if !typing {
+			t.Fatal("alice never saw bob typing")
+		}
+		bob.eval(`document.querySelector('#message-input').value = ''`)
+	})
+
+	t.Run("directory and groups", func(t *testing.T) {
+		alice.must(chromedp.Click(chromedp.CSS("#new-direct")), chromedp.SendKeys(chromedp.CSS("#directory-search"), "dave"))
+		alice.must(chromedp.Click(chromedp.CSS(`#directory-results [data-user-id="dave"]`)))
+		alice.until("the chat with dave open", `document.querySelector('#conversation-title').textContent === "Dave Fischer"`)
+
+		alice.must(chromedp.Click(chromedp.CSS("#new-group")), chromedp.SendKeys(chromedp.CSS("#group-title"), "Ridge loop"))
+		for _, u := range []string{"bob", "carol"} {
+			alice.must(chromedp.Click(chromedp.CSS(fmt.Sprintf(`#group-members input[type=checkbox][value="%s"]`, u))))
+		}
+		alice.must(chromedp.Click(chromedp.CSS("#group-create")))
+		alice.until("the group open", `document.querySelector('#conversation-title').textContent === "Ridge loop"`)
+		alice.send("who drives?")
+		bob.until("the group in bob's list", `[...document.querySelectorAll('#conversation-list .title')].some(t => t.textContent === "Ridge loop")`)
+		alice.until("three members", `document.querySelectorAll('#members [data-member-id]').length === 3`)
+		alice.screenshot("04-group")
+		alice.open(conv) // back to the direct conversation for the next steps
+	})
+
 	t.Run("XSS payloads render as text", func(t *testing.T) {
 		payloads := []string{`<img src=x onerror="window.__xss=1">`, `<script>window.__xss=2</script>`, `javascript:window.__xss=3`}
 		for _, p := range payloads {
@@ -306,7 +355,7 @@ func TestBrowserChat(t *testing.T) {
 		if out.XSS != nil || out.Elements != 0 {
 			t.Fatalf("a payload ran or made elements: %+v", out)
 		}
-		bob.screenshot("04-xss-as-text")
+		bob.screenshot("05-xss-as-text")
 	})
 
 	t.Run("a phone-sized frame shows one pane at a time", func(t *testing.T) {
@@ -319,7 +368,7 @@ func TestBrowserChat(t *testing.T) {
 		carol.waitFor(`#app[data-view="conversation"] #back`)
 		carol.send("hello from a phone")
 		alice.until("carol's message in a new conversation", `[...document.querySelectorAll('#conversation-list .preview')].some(p => p.textContent.includes("hello from a phone"))`)
-		carol.screenshot("07-phone")
+		carol.screenshot("08-phone")
 		carol.must(chromedp.Click(chromedp.CSS("#back")))
 		carol.waitFor(`#app[data-view="list"] #conversation-list`)
 	})
@@ -328,13 +377,18 @@ func TestBrowserChat(t *testing.T) {
 	t.Run("reconnect after a server restart resumes with nothing lost", func(t *testing.T) {
 		c.stop()
 		bob.until("the connection lost", `["reconnecting", "offline", "connecting"].includes(document.querySelector('#connection-state').dataset.state)`)
-		bob.screenshot("05-reconnecting")
+		// A message written while the server is down waits, then goes out once.
+		bob.send("written while down")
+		bob.until("the message held", `[...document.querySelectorAll('#message-list .message')].some(m => m.querySelector('.body').textContent === "written while down" && m.dataset.state !== "sent")`)
+		bob.screenshot("06-reconnecting")
 		c = start(outer, env)
 		// Sent at once, before bob's backoff lets him reconnect: they reach him by resume.
 		for i := 1; i <= 3; i++ {
 			c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", aliceTok, map[string]string{"client_msg_id": fmt.Sprint("r", i), "body": fmt.Sprint("after restart ", i)})
 		}
 		bob.waitFor(`#connection-state[data-state="online"]`)
+		alice.until("bob's held message, once", `[...document.querySelectorAll('#message-list .message .body')].filter(b => b.textContent === "written while down").length === 1`)
+		bob.until("his held message sent", `[...document.querySelectorAll('#message-list .message')].some(m => m.querySelector('.body').textContent === "written while down" && m.dataset.state === "sent")`)
 		bob.until("the three messages", `[1,2,3].every(i => [...document.querySelectorAll('#message-list .message .body')].some(b => b.textContent === "after restart " + i))`)
 		// Nothing twice: every message id shows once.
 		dup := eval[int](bob, `(() => { const ids = [...document.querySelectorAll('#message-list .message')].map(m => m.dataset.messageId); return ids.length - new Set(ids).size; })()`)
@@ -345,7 +399,7 @@ func TestBrowserChat(t *testing.T) {
 		alice.waitFor(`#connection-state[data-state="online"]`)
 		alice.send("still here")
 		bob.until("alice's message after the restart", `[...document.querySelectorAll('#message-list .message .body')].some(b => b.textContent === "still here")`)
-		bob.screenshot("06-after-restart")
+		bob.screenshot("07-after-restart")
 	})
 }
 
