@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -459,4 +460,64 @@ func TestBrowserFrameAncestors(t *testing.T) {
 	if framed(asLocalhost(stranger.URL)) {
 		t.Fatal("a site that is not a configured host framed the chat")
 	}
+}
+
+// A host site hands the chat a fresh token before the old one expires: the iframe warns the host
+// (chatd:token-expiring), embed.js calls getToken and passes the new token on, and the chat goes
+// on working. The host page here is a minimal one, as a host site would write it.
+func TestBrowserTokenRenewal(t *testing.T) {
+	browser := newBrowser(t)
+	var c *instance
+	var minted atomic.Int32
+	host := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/token": // the host's own back end: tokens that expire in 61 s, so the warning is due at once
+			r := c.do("POST", "/api/v1/tokens", testServiceKey, map[string]any{"user_id": "alice", "ttl_seconds": 61})
+			if r.status != http.StatusCreated {
+				http.Error(w, string(r.raw), http.StatusBadGateway)
+				return
+			}
+			minted.Add(1)
+			fmt.Fprint(w, r.str("token"))
+		default:
+			w.Header().Set("Content-Type", "text/html")
+			fmt.Fprintf(w, `<!doctype html><title>host</title><div id="chat" style="height:600px"></div>
+<script src="%s/embed.js"></script>
+<script>
+const getToken = () => fetch("/token").then(r => r.text());
+window.renewed = 0; window.warned = 0;
+getToken().then(token => ChatD.mount("#chat", {
+  token,
+  getToken: () => { window.renewed++; return getToken(); },
+  onTokenExpiring: () => { window.warned++; },
+  onUnread: (n) => { window.unread = n; },
+}));
+</script>`, c.url)
+		}
+	}))
+	t.Cleanup(host.Close)
+	hostURL := strings.Replace(host.URL, "127.0.0.1", "localhost", 1)
+	c = start(t, dbEnv(t, "CHAT_ALLOWED_ORIGINS", hostURL))
+	c.provision("alice", "Alice")
+	c.provision("bob", "Bob")
+
+	tab, cancel := chromedp.NewContext(browser, chromedp.WithNewBrowserContext())
+	t.Cleanup(cancel)
+	if err := chromedp.Do(tab, chromedp.Navigate(hostURL)); err != nil {
+		t.Fatal(err)
+	}
+	alice := attachChat(t, tab, c.url, "alice")
+	alice.hostUntil("a renewed token", `window.warned > 0 && window.renewed > 0`)
+	if minted.Load() < 2 {
+		t.Fatalf("the host minted %d tokens, want the first and a renewal", minted.Load())
+	}
+	// The chat works on with the renewed token: a REST call and the push channel.
+	bob := c.token("bob")
+	conv := c.must(201, "POST", "/api/v1/conversations", bob, map[string]any{"kind": "direct", "members": []string{"alice"}}).str("id")
+	c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", bob, map[string]string{"client_msg_id": "1", "body": "still signed in?"})
+	alice.until("bob's conversation pushed", fmt.Sprintf(`!!document.querySelector('#conversation-list [data-conversation-id="%s"]')`, conv))
+	alice.open(conv)
+	alice.send("yes")
+	alice.until("her message sent", `[...document.querySelectorAll('#message-list .message[data-sender-id="alice"]')].some(m => m.dataset.state === "sent")`)
+	alice.hostUntil("the unread total reported", `window.unread === 0`)
 }
