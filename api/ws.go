@@ -105,6 +105,8 @@ func (h *Hub) CloseAll() {
 	}
 }
 
+var writeBuffers sync.Pool
+
 // wsConn is one client connection. Frames reach it from the NATS subscription (live) and from
 // the replay; one writer goroutine sends them, so a slow client only ever fills its own queue.
 type wsConn struct {
@@ -118,8 +120,9 @@ type wsConn struct {
 	// onPing, when set, runs (in its own goroutine) at every heartbeat: presence renews its key
 	// there rather than in a goroutine of its own per connection.
 	onPing atomic.Pointer[func()]
-	wmu    sync.Mutex // serialises control frames with the writer
-	state  sync.Mutex // guards live, floor and pending
+	wmu    sync.Mutex  // serialises control frames with the writer
+	slow   atomic.Bool // closing as too slow
+	state  sync.Mutex  // guards live, floor and pending
 	live   bool
 	floor  uint64 // live frames at or below this seq were replayed (or predate the client)
 	// pending holds live frames that arrive while the replay runs.
@@ -131,14 +134,13 @@ type pendingFrame struct {
 	frame []byte
 }
 
-// deliver takes a live frame from NATS.
+// deliver takes a live frame from the node's push dispatcher; it never blocks.
 func (c *wsConn) deliver(seq uint64, frame []byte) {
 	c.state.Lock()
 	if !c.live {
 		if len(c.pending) >= c.cfg.SendQueue {
 			c.state.Unlock()
-			c.metrics.SlowClose()
-			c.close(CloseTooSlow, "too far behind; reconnect with since")
+			c.tooSlow()
 			return
 		}
 		c.pending = append(c.pending, pendingFrame{seq, frame})
@@ -229,8 +231,17 @@ func (c *wsConn) enqueue(frame []byte) {
 	default:
 	}
 	if !c.out.push(frame) {
+		c.tooSlow()
+	}
+}
+
+// tooSlow closes a client that fell too far behind (4008). The close runs in a goroutine of its
+// own: it waits for the writer, which may be stuck on this very client, and the caller is the
+// node's push dispatcher, which must never wait for one client.
+func (c *wsConn) tooSlow() {
+	if c.slow.CompareAndSwap(false, true) {
 		c.metrics.SlowClose()
-		c.close(CloseTooSlow, "too far behind; reconnect with since")
+		go c.close(CloseTooSlow, "too far behind; reconnect with since")
 	}
 }
 
@@ -360,7 +371,9 @@ func (s *server) ws(c echo.Context) error {
 		return err
 	}
 	resume := c.QueryParam("since") != ""
-	upgrader := websocket.Upgrader{CheckOrigin: s.checkOrigin, ReadBufferSize: 1024, WriteBufferSize: 4096}
+	// Write buffers come from a pool, held only while a frame is written: an idle connection
+	// keeps none.
+	upgrader := websocket.Upgrader{CheckOrigin: s.checkOrigin, ReadBufferSize: 1024, WriteBufferSize: 4096, WriteBufferPool: &writeBuffers}
 	ws, err := upgrader.Upgrade(c.Response(), c.Request(), nil)
 	if err != nil {
 		return nil // the upgrader has answered the client

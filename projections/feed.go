@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -18,15 +19,67 @@ import (
 // Feed is what a WebSocket connection reads: the live pushes for its user (core NATS, published
 // by whichever node's projector applied the event) and, for a resuming client, the events it
 // missed, replayed from the stream.
+//
+// Live pushes reach the node through one NATS subscription per connected user, all feeding one
+// channel that a single dispatcher goroutine routes to the user's connections (a user with
+// several tabs shares one subscription). A subscription with a goroutine of its own per
+// connection cost about 10 KiB per idle connection.
 type Feed struct {
 	nc     *nats.Conn
 	stream jetstream.Stream
 	pool   *pgxpool.Pool
+
+	pushes chan *nats.Msg
+	done   chan struct{}
+	mu     sync.Mutex
+	users  map[string]*userPushes // by push subject
+	nextID uint64
 }
 
-// NewFeed returns a Feed.
+// userPushes is one user's subscription and the connections it delivers to.
+type userPushes struct {
+	sub      *nats.Subscription
+	delivers map[uint64]func(seq uint64, frame []byte)
+}
+
+// pushBuffer is how many pushes may wait for the dispatcher; beyond it NATS drops them as for a
+// slow consumer (live pushes are at most once; a resume replays what was missed).
+const pushBuffer = 64 << 10
+
+// NewFeed returns a Feed; Close stops its dispatcher.
 func NewFeed(nc *nats.Conn, stream jetstream.Stream, pool *pgxpool.Pool) *Feed {
-	return &Feed{nc: nc, stream: stream, pool: pool}
+	f := &Feed{nc: nc, stream: stream, pool: pool, pushes: make(chan *nats.Msg, pushBuffer), done: make(chan struct{}),
+		users: map[string]*userPushes{}}
+	go f.dispatch()
+	return f
+}
+
+// Close stops dispatching pushes.
+func (f *Feed) Close() { close(f.done) }
+
+// dispatch hands each push to the connections of its user, in the order NATS delivered them.
+func (f *Feed) dispatch() {
+	var delivers []func(uint64, []byte)
+	for {
+		var m *nats.Msg
+		select {
+		case m = <-f.pushes:
+		case <-f.done:
+			return
+		}
+		seq, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
+		delivers = delivers[:0]
+		f.mu.Lock()
+		if u := f.users[m.Subject]; u != nil {
+			for _, d := range u.delivers {
+				delivers = append(delivers, d)
+			}
+		}
+		f.mu.Unlock()
+		for _, d := range delivers {
+			d(seq, m.Data) // enqueues: never blocks
+		}
+	}
 }
 
 // SeqHeader carries a push's stream sequence in its NATS header, so receivers can order and
@@ -46,21 +99,40 @@ func PublishPush(nc *nats.Conn) func(subject string, seq uint64, data []byte) er
 }
 
 // Subscribe delivers every push for user (seq 0 for ephemeral frames such as typing) until stop.
+// deliver must not block.
 func (f *Feed) Subscribe(user string, deliver func(seq uint64, frame []byte)) (stop func(), err error) {
-	sub, err := f.nc.Subscribe(streams.PushSubject(user), func(m *nats.Msg) {
-		seq, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
-		deliver(seq, m.Data)
-	})
-	if err != nil {
-		return nil, domain.Unavailable("push is unavailable", fmt.Errorf("subscribe to pushes of %s: %w", user, err))
+	subject := streams.PushSubject(user)
+	f.mu.Lock()
+	u := f.users[subject]
+	if u == nil {
+		sub, err := f.nc.ChanSubscribe(subject, f.pushes)
+		if err != nil {
+			f.mu.Unlock()
+			return nil, domain.Unavailable("push is unavailable", fmt.Errorf("subscribe to pushes of %s: %w", user, err))
+		}
+		u = &userPushes{sub: sub, delivers: map[uint64]func(uint64, []byte){}}
+		f.users[subject] = u
+	}
+	f.nextID++
+	id := f.nextID
+	u.delivers[id] = deliver
+	f.mu.Unlock()
+	stop = func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(u.delivers, id)
+		if len(u.delivers) == 0 && f.users[subject] == u {
+			_ = u.sub.Unsubscribe()
+			delete(f.users, subject)
+		}
 	}
 	// Make sure the server knows the subscription before the caller reads a position to
 	// replay up to: a push published after that position must reach us.
 	if err := f.nc.Flush(); err != nil {
-		_ = sub.Unsubscribe()
+		stop()
 		return nil, domain.Unavailable("push is unavailable", fmt.Errorf("flush subscription: %w", err))
 	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	return stop, nil
 }
 
 // Send publishes an ephemeral frame (no seq, never stored) to user.

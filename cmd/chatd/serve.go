@@ -128,6 +128,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	rebuilds := projections.NewRebuilds(pool, stream, log)
 	closers.push("rebuild", rebuilds.Close)
 
+	feed := projections.NewFeed(natsConn, stream, pool)
+	closers.push("push dispatcher", feed.Close)
+
 	hub := api.NewHub()
 	handler := api.New(api.Deps{
 		Commands:       store,
@@ -136,7 +139,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		Messages:       projections.NewMessages(pool),
 		Projector:      projector,
 		Rebuilds:       rebuilds,
-		Feed:           projections.NewFeed(natsConn, stream, pool),
+		Feed:           feed,
 		Presence:       presence,
 		Hub:            hub,
 		Web:            web.App(origins),

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -496,5 +497,40 @@ func TestResumeFollowsMembership(t *testing.T) {
 		if f.Type != w.typ || (w.seq != 0 && f.Seq != w.seq) {
 			t.Fatalf("replayed %s at %d, want %s at %d", f.Type, f.Seq, w.typ, w.seq)
 		}
+	}
+}
+
+// A user's tabs on one node share a push subscription: each tab gets every push, and closing
+// one tab leaves the other's pushes alone.
+func TestTabsSharePushes(t *testing.T) {
+	c := startWithDB(t)
+	alice, conv := c.aliceAndBob()
+	bob := c.token("bob")
+	tabs := []*wsClient{c.mustWS(alice, ""), c.mustWS(alice, "")}
+	for _, tab := range tabs {
+		tab.nextOf("ready")
+	}
+	m := c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", bob, map[string]string{"client_msg_id": "1", "body": "to both tabs"})
+	for i, tab := range tabs {
+		if f := tab.nextOf("message.created"); f.Seq != m.num("seq") {
+			t.Fatalf("tab %d got %+v", i, f)
+		}
+	}
+	tabs[0].conn.Close()
+	eventually(t, 10*time.Second, func() error { // the server has let the tab go
+		resp, err := http.Get(c.url + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(b), "\nchatd_websocket_connections 1\n") {
+			return fmt.Errorf("still more than one connection")
+		}
+		return nil
+	})
+	m = c.must(201, "POST", "/api/v1/conversations/"+conv+"/messages", bob, map[string]string{"client_msg_id": "2", "body": "to the tab left"})
+	if f := tabs[1].nextOf("message.created"); f.Seq != m.num("seq") {
+		t.Fatalf("the tab left got %+v", f)
 	}
 }
