@@ -98,6 +98,10 @@ func (p *Projector) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			break
 		}
+		if errors.Is(err, errSwitched) {
+			p.log.Info("read models switched over by a rebuild; continuing from the new checkpoint")
+			continue
+		}
 		p.setState(stateStopped, err)
 		p.Metrics.ProjectorFailed()
 		p.log.Warn("projector stopped; restarting from its checkpoint", "err", err, "backoff", backoff)
