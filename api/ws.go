@@ -21,7 +21,7 @@ import (
 
 // Feed is the push side as the WebSocket handler uses it; *projections.Feed implements it.
 type Feed interface {
-	Subscribe(user string, deliver func(seq uint64, frame []byte)) (stop func(), err error)
+	Subscribe(user string, deliver func(seq uint64, frame []byte), lost func()) (stop func(), err error)
 	Send(user string, frame []byte) error
 	Position(ctx context.Context) (projections.Position, error)
 	Replay(ctx context.Context, user string, spans []projections.Span, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error
@@ -391,7 +391,7 @@ func (s *server) ws(c echo.Context) error {
 
 	// Subscribe before reading the position: every event committed after the position read
 	// below is pushed after this subscription exists, so nothing falls between replay and live.
-	stop, err := s.Feed.Subscribe(user, conn.deliver)
+	stop, err := s.Feed.Subscribe(user, conn.deliver, conn.tooSlow)
 	if err != nil {
 		conn.close(websocket.CloseTryAgainLater, "push unavailable; try again")
 		return nil

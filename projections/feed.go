@@ -38,13 +38,24 @@ type Feed struct {
 
 // userPushes is one user's subscription and the connections it delivers to.
 type userPushes struct {
-	sub      *nats.Subscription
-	delivers map[uint64]func(seq uint64, frame []byte)
+	sub     *nats.Subscription
+	dropped int // pushes NATS dropped for this subscription, as last seen
+	conns   map[uint64]subscriber
 }
 
-// pushBuffer is how many pushes may wait for the dispatcher; beyond it NATS drops them as for a
-// slow consumer (live pushes are at most once; a resume replays what was missed).
+// subscriber is one connection's side of a subscription.
+type subscriber struct {
+	deliver func(seq uint64, frame []byte)
+	lost    func()
+}
+
+// pushBuffer is how many pushes may wait for the dispatcher. Beyond it NATS drops them, as for a
+// slow consumer; every connection of a user who lost a push is then told (see Subscribe), so it
+// can resume from its last sequence and miss nothing.
 const pushBuffer = 64 << 10
+
+// dropCheck is how often the dispatcher looks for dropped pushes.
+const dropCheck = 250 * time.Millisecond
 
 // NewFeed returns a Feed; Close stops its dispatcher.
 func NewFeed(nc *nats.Conn, stream jetstream.Stream, pool *pgxpool.Pool) *Feed {
@@ -59,11 +70,16 @@ func (f *Feed) Close() { close(f.done) }
 
 // dispatch hands each push to the connections of its user, in the order NATS delivered them.
 func (f *Feed) dispatch() {
+	tick := time.NewTicker(dropCheck)
+	defer tick.Stop()
 	var delivers []func(uint64, []byte)
 	for {
 		var m *nats.Msg
 		select {
 		case m = <-f.pushes:
+		case <-tick.C:
+			f.checkDropped()
+			continue
 		case <-f.done:
 			return
 		}
@@ -71,14 +87,35 @@ func (f *Feed) dispatch() {
 		delivers = delivers[:0]
 		f.mu.Lock()
 		if u := f.users[m.Subject]; u != nil {
-			for _, d := range u.delivers {
-				delivers = append(delivers, d)
+			for _, c := range u.conns {
+				delivers = append(delivers, c.deliver)
 			}
 		}
 		f.mu.Unlock()
 		for _, d := range delivers {
 			d(seq, m.Data) // enqueues: never blocks
 		}
+	}
+}
+
+// checkDropped tells the connections of every user whose subscription dropped pushes since the
+// last check that they lost some.
+func (f *Feed) checkDropped() {
+	var lost []func()
+	f.mu.Lock()
+	for _, u := range f.users {
+		n, err := u.sub.Dropped()
+		if err != nil || n <= u.dropped {
+			continue
+		}
+		u.dropped = n
+		for _, c := range u.conns {
+			lost = append(lost, c.lost)
+		}
+	}
+	f.mu.Unlock()
+	for _, l := range lost {
+		l()
 	}
 }
 
@@ -99,8 +136,9 @@ func PublishPush(nc *nats.Conn) func(subject string, seq uint64, data []byte) er
 }
 
 // Subscribe delivers every push for user (seq 0 for ephemeral frames such as typing) until stop.
-// deliver must not block.
-func (f *Feed) Subscribe(user string, deliver func(seq uint64, frame []byte)) (stop func(), err error) {
+// When the node fell so far behind that NATS dropped pushes for user, it calls lost instead: the
+// connection must resume from its last sequence. Neither deliver nor lost may block.
+func (f *Feed) Subscribe(user string, deliver func(seq uint64, frame []byte), lost func()) (stop func(), err error) {
 	subject := streams.PushSubject(user)
 	f.mu.Lock()
 	u := f.users[subject]
@@ -110,18 +148,18 @@ func (f *Feed) Subscribe(user string, deliver func(seq uint64, frame []byte)) (s
 			f.mu.Unlock()
 			return nil, domain.Unavailable("push is unavailable", fmt.Errorf("subscribe to pushes of %s: %w", user, err))
 		}
-		u = &userPushes{sub: sub, delivers: map[uint64]func(uint64, []byte){}}
+		u = &userPushes{sub: sub, conns: map[uint64]subscriber{}}
 		f.users[subject] = u
 	}
 	f.nextID++
 	id := f.nextID
-	u.delivers[id] = deliver
+	u.conns[id] = subscriber{deliver: deliver, lost: lost}
 	f.mu.Unlock()
 	stop = func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		delete(u.delivers, id)
-		if len(u.delivers) == 0 && f.users[subject] == u {
+		delete(u.conns, id)
+		if len(u.conns) == 0 && f.users[subject] == u {
 			_ = u.sub.Unsubscribe()
 			delete(f.users, subject)
 		}

@@ -8,7 +8,6 @@ import (
 	"hash/fnv"
 	"io"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -49,7 +48,9 @@ type Store struct {
 	// users remembers users known to exist; users are never deleted, so it never goes stale.
 	users *lru.Cache[string, struct{}]
 	// locks serialise the appends of one conversation within this node (striped by id).
-	locks [256]sync.Mutex
+	locks [256]chan struct{}
+	// getSubject is the JetStream API subject of leader reads (see readLeader).
+	getSubject string
 }
 
 type cachedConversation struct {
@@ -59,13 +60,18 @@ type cachedConversation struct {
 	tipHash string // its hash: the next event's Prev
 }
 
-// lock serialises appends to one conversation on this node and returns the unlock.
-func (s *Store) lock(convID string) func() {
+// lock serialises appends to one conversation on this node and returns the unlock. It gives up
+// when ctx ends: a request whose client has gone does not queue behind a busy conversation.
+func (s *Store) lock(ctx context.Context, convID string) (unlock func(), err error) {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(convID))
-	m := &s.locks[h.Sum32()%uint32(len(s.locks))]
-	m.Lock()
-	return m.Unlock
+	sem := s.locks[h.Sum32()%uint32(len(s.locks))]
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, nil
+	case <-ctx.Done():
+		return nil, domain.Unavailable("the conversation is busy", ctx.Err())
+	}
 }
 
 // maxAttempts bounds how often a command is decided again after a conflicting append.
@@ -88,7 +94,12 @@ func backOff(ctx context.Context, attempt int) error {
 func NewStore(js jetstream.JetStream, stream jetstream.Stream, limits domain.Limits) *Store {
 	convs, _ := lru.New[string, cachedConversation](100_000) // only errs on size <= 0
 	users, _ := lru.New[string, struct{}](100_000)
-	return &Store{js: js, stream: stream, limits: limits, now: time.Now, convs: convs, users: users}
+	s := &Store{js: js, stream: stream, limits: limits, now: time.Now, convs: convs, users: users,
+		getSubject: jetstream.DefaultAPIPrefix + "STREAM.MSG.GET." + stream.CachedInfo().Config.Name}
+	for i := range s.locks {
+		s.locks[i] = make(chan struct{}, 1)
+	}
+	return s
 }
 
 // Limits returns the limits the store decides with.
@@ -100,7 +111,7 @@ func (s *Store) ProvisionUser(ctx context.Context, id, displayName string) (u do
 	if err := domain.ValidUserID(id); err != nil {
 		return domain.User{}, false, 0, err
 	}
-	for range maxAttempts {
+	for attempt := range maxAttempts {
 		current, curSeq, err := s.lastEvent(ctx, userSubject(id))
 		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return domain.User{}, false, 0, err
@@ -122,7 +133,10 @@ func (s *Store) ProvisionUser(ctx context.Context, id, displayName string) (u do
 		}
 		domain.Chain(e, current.Hash)
 		ack, err := s.append(ctx, *e, jetstream.WithExpectLastSequencePerSubject(curSeq))
-		if isWrongLastSequence(err) {
+		if isConflict(err) {
+			if err := backOff(ctx, attempt); err != nil {
+				return domain.User{}, false, 0, err
+			}
 			continue
 		}
 		if err != nil {
@@ -194,19 +208,30 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 	// Expecting an empty conversation makes creation atomic: of two concurrent requests for the
 	// same direct conversation exactly one appends, and the other finds its result.
 	domain.Chain(&e, "")
-	ack, err := s.append(ctx, e, jetstream.WithExpectLastSequenceForSubject(0, ConversationSubjects(c.ID)))
-	if isWrongLastSequence(err) {
-		existing, seq, err := s.Conversation(ctx, c.ID)
+	for attempt := range maxAttempts {
+		ack, err := s.append(ctx, e, jetstream.WithExpectLastSequenceForSubject(0, ConversationSubjects(c.ID)))
+		if isConflict(err) {
+			existing, seq, err := s.Conversation(ctx, c.ID)
+			if domain.ErrorCode(err) == domain.CodeNotFound {
+				// On a cluster the leader also refuses while the other append is still in
+				// flight, before it can be read: look again shortly.
+				if err := backOff(ctx, attempt); err != nil {
+					return c, false, 0, err
+				}
+				continue
+			}
+			if err != nil {
+				return c, false, 0, err
+			}
+			return existing, false, seq, nil
+		}
 		if err != nil {
 			return c, false, 0, err
 		}
-		return existing, false, seq, nil
+		s.convs.Add(c.ID, cachedConversation{conv: c, seq: ack.Sequence, tip: ack.Sequence, tipHash: e.Hash})
+		return c, true, ack.Sequence, nil
 	}
-	if err != nil {
-		return c, false, 0, err
-	}
-	s.convs.Add(c.ID, cachedConversation{conv: c, seq: ack.Sequence, tip: ack.Sequence, tipHash: e.Hash})
-	return c, true, ack.Sequence, nil
+	return c, false, 0, errBusy("conversation " + c.ID)
 }
 
 // Conversation returns the current state of a conversation, read fresh from the stream (never
@@ -263,7 +288,11 @@ func isConversationEvent(typ string) bool {
 // state. decide returns a nil event when there is nothing to append; fresh forces the first
 // decision onto fresh state.
 func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh bool, decide func(domain.Conversation) (*domain.Event, error), opts ...jetstream.PublishOpt) (*domain.Event, uint64, error) {
-	defer s.lock(convID)()
+	unlock, err := s.lock(ctx, convID)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer unlock()
 	for attempt := range maxAttempts {
 		c, err := s.conversation(ctx, convID, fresh)
 		if err != nil {
@@ -286,7 +315,7 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh b
 		}
 		domain.Chain(e, c.tipHash)
 		ack, err := s.append(ctx, *e, append(opts, jetstream.WithExpectLastSequenceForSubject(c.tip, ConversationSubjects(convID)))...)
-		if isWrongLastSequence(err) {
+		if isConflict(err) {
 			s.convs.Remove(convID)
 			fresh = true
 			if err := backOff(ctx, attempt); err != nil {
@@ -384,9 +413,10 @@ func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, bod
 	}
 	// A retry at any later time: the message's own subject already holds it. The answer is the
 	// message as it is now (edited or deleted since), never a deleted text.
-	if m, _, err := s.Message(ctx, msgID); err == nil {
-		return m, false, nil
-	} else if domain.ErrorCode(err) != domain.CodeNotFound {
+	if seen, err := s.messageSeen(ctx, msgID); err != nil {
+		return m, false, err
+	} else if seen {
+		m, _, err := s.Message(ctx, msgID)
 		return m, false, err
 	}
 	e, _, err := s.decideOnConversation(ctx, convID, false, func(c domain.Conversation) (*domain.Event, error) {
@@ -484,16 +514,31 @@ func (s *Store) MarkRead(ctx context.Context, actor, convID string, seq uint64) 
 	return evSeq, err
 }
 
+// messageSeen reports whether the message's subject holds an event. It is the one read on the
+// send path, so it is a direct get that any replica may answer (see readLeader): a replica that
+// lags by a few appends can only miss a message sent moments ago, and JetStream's duplicate
+// window (Nats-Msg-Id) catches a retry of that one.
+func (s *Store) messageSeen(ctx context.Context, msgID string) (bool, error) {
+	subject, err := messageSubject(msgID)
+	if err != nil {
+		return false, err
+	}
+	_, err = s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, wrapLookup(err, subject)
+	}
+	return true, nil
+}
+
 func (s *Store) firstMessageEvent(ctx context.Context, msgID string) (domain.Message, error) {
 	subject, err := messageSubject(msgID)
 	if err != nil {
 		return domain.Message{}, err
 	}
-	raw, err := s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
-	if err != nil {
-		return domain.Message{}, wrapLookup(err, subject)
-	}
-	e, err := decodeRaw(raw)
+	e, err := s.readLeader(ctx, msgGetRequest{Seq: 1, NextFor: subject})
 	if err != nil {
 		return domain.Message{}, err
 	}
@@ -501,29 +546,12 @@ func (s *Store) firstMessageEvent(ctx context.Context, msgID string) (domain.Mes
 }
 
 func (s *Store) lastEvent(ctx context.Context, subject string) (domain.Event, uint64, error) {
-	raw, err := s.stream.GetLastMsgForSubject(ctx, subject)
-	if err != nil {
-		return domain.Event{}, 0, wrapLookup(err, subject)
-	}
-	e, err := decodeRaw(raw)
-	return e, raw.Sequence, err
+	e, err := s.readLeader(ctx, msgGetRequest{LastFor: subject})
+	return e, e.Seq, err
 }
 
 func (s *Store) eventAt(ctx context.Context, seq uint64) (domain.Event, error) {
-	raw, err := s.stream.GetMsg(ctx, seq)
-	if err != nil {
-		return domain.Event{}, wrapLookup(err, fmt.Sprintf("sequence %d", seq))
-	}
-	return decodeRaw(raw)
-}
-
-func decodeRaw(raw *jetstream.RawStreamMsg) (domain.Event, error) {
-	e, err := domain.DecodeEvent(raw.Data)
-	if err != nil {
-		return e, fmt.Errorf("event at sequence %d: %w", raw.Sequence, err)
-	}
-	e.Seq = raw.Sequence
-	return e, nil
+	return s.readLeader(ctx, msgGetRequest{Seq: seq})
 }
 
 // wrapLookup keeps ErrMsgNotFound recognisable and turns every other failure into
@@ -548,9 +576,9 @@ func (s *Store) append(ctx context.Context, e domain.Event, opts ...jetstream.Pu
 	}
 	opts = append([]jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(StreamName)}, opts...)
 	ack, err := s.js.Publish(ctx, subject, data, opts...)
-	s.Metrics.Append(e.Type, isWrongLastSequence(err), err)
+	s.Metrics.Append(e.Type, isConflict(err), err)
 	if err != nil {
-		if isWrongLastSequence(err) {
+		if isConflict(err) {
 			return nil, err
 		}
 		return nil, domain.Unavailable("the event stream is unavailable", fmt.Errorf("append %s to %s: %w", e.Type, subject, err))

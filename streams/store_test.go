@@ -34,6 +34,24 @@ func newNode(t *testing.T, s *server.Server, cfg streams.Config) node {
 	return node{js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
 }
 
+// onEachTopology runs test on a single server and on a cluster of three with a replicated
+// stream, where replicas answer direct gets, the leader checks expectations, and an append can
+// be refused while another is still in flight. newNode connects each node to the next server.
+func onEachTopology(t *testing.T, test func(t *testing.T, newNode func() node)) {
+	t.Run("single", func(t *testing.T) {
+		s := natstest.RunServer(t, "")
+		test(t, func() node { return newNode(t, s, streams.Config{}) })
+	})
+	t.Run("cluster", func(t *testing.T) {
+		servers := natstest.RunCluster(t, 3)
+		next := 0
+		test(t, func() node {
+			next++
+			return newNode(t, servers[next%len(servers)], streams.Config{Replicas: 3})
+		})
+	})
+}
+
 func provision(t *testing.T, st *streams.Store, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
@@ -114,8 +132,11 @@ func TestSendAfterRemovalOnAnotherNodeIsRefused(t *testing.T) {
 
 // Under a real race, no message from bob may follow the event that removed him.
 func TestMembershipRace(t *testing.T) {
-	s := natstest.RunServer(t, "")
-	a, b := newNode(t, s, streams.Config{}), newNode(t, s, streams.Config{})
+	onEachTopology(t, testMembershipRace)
+}
+
+func testMembershipRace(t *testing.T, newNode func() node) {
+	a, b := newNode(), newNode()
 	provision(t, a.store, "alice", "bob")
 	ctx := ctxT(t)
 	for i := range 30 {
@@ -236,8 +257,11 @@ func TestIdempotentAcrossRestart(t *testing.T) {
 
 // Concurrent retries from several nodes create one message between them.
 func TestConcurrentRetriesCreateOneMessage(t *testing.T) {
-	s := natstest.RunServer(t, "")
-	n := newNode(t, s, streams.Config{})
+	onEachTopology(t, testConcurrentRetriesCreateOneMessage)
+}
+
+func testConcurrentRetriesCreateOneMessage(t *testing.T, newNode func() node) {
+	n := newNode()
 	provision(t, n.store, "alice", "bob")
 	c, _, _, err := n.store.CreateConversation(ctxT(t), "alice", domain.KindDirect, "", []string{"bob"})
 	if err != nil {
@@ -250,7 +274,7 @@ func TestConcurrentRetriesCreateOneMessage(t *testing.T) {
 		ids     = map[string]uint64{}
 	)
 	for range 8 {
-		node := newNode(t, s, streams.Config{})
+		node := newNode()
 		wg.Go(func() {
 			m, ok, err := node.store.SendMessage(ctxT(t), "alice", c.ID, "same", "hello")
 			if err != nil {
@@ -276,8 +300,11 @@ func TestConcurrentRetriesCreateOneMessage(t *testing.T) {
 
 // Both members asking for their direct conversation at once get the same one.
 func TestDirectConversationIsUnique(t *testing.T) {
-	s := natstest.RunServer(t, "")
-	a, b := newNode(t, s, streams.Config{}), newNode(t, s, streams.Config{})
+	onEachTopology(t, testDirectConversationIsUnique)
+}
+
+func testDirectConversationIsUnique(t *testing.T, newNode func() node) {
+	a, b := newNode(), newNode()
 	provision(t, a.store, "alice", "bob")
 	var wg sync.WaitGroup
 	results := make([]domain.Conversation, 2)

@@ -68,7 +68,26 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", StreamName, err)
 	}
+	if err := awaitLeader(ctx, s); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// awaitLeader waits until a replicated stream has elected its leader: until then appends go
+// unanswered ("no response from stream").
+func awaitLeader(ctx context.Context, s jetstream.Stream) error {
+	for {
+		info, err := s.Info(ctx)
+		if err == nil && (info.Cluster == nil || info.Cluster.Leader != "") {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stream %s has no leader: %w", StreamName, errors.Join(ctx.Err(), err))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Subject returns the stream subject that e is appended to.
@@ -116,13 +135,22 @@ func messageSubject(messageID string) (string, error) {
 // PushSubject is the core NATS subject on which the user's pushes are published.
 func PushSubject(user string) string { return "chat.push." + user }
 
-// isWrongLastSequence reports whether err is JetStream refusing an append because an expected
-// last sequence did not match: someone else changed the state the decision was based on.
-func isWrongLastSequence(err error) bool {
+// isConflict reports whether err is JetStream refusing an append because another append got
+// there first: an expected last sequence did not match (someone changed the state the decision
+// was based on), or, on a cluster, an append with the same Nats-Msg-Id is still in flight. Either
+// way the command is decided again on fresh state.
+func isConflict(err error) bool {
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) {
 		return false
 	}
-	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	switch apiErr.ErrorCode {
+	case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant, errCodeDuplicateInFlight:
+		return true
+	}
+	return false
 }
+
+// errCodeDuplicateInFlight is JetStream's "duplicate message id is in process"
+// (JSStreamDuplicateMessageConflict), which nats.go has no constant for.
+const errCodeDuplicateInFlight jetstream.ErrorCode = 10158

@@ -292,6 +292,13 @@ func connectNATS(cfg Config, log *slog.Logger) (*nats.Conn, func(), error) {
 		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("nats disconnected", "err", err) }),
 		nats.ReconnectHandler(func(*nats.Conn) { log.Info("nats reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("nats", "subject", sub.Subject, "err", err) // dropped pushes: see Feed
+				return
+			}
+			log.Warn("nats", "err", err)
+		}),
 	}
 	if cfg.NATSURL != "" {
 		nc, err := nats.Connect(cfg.NATSURL, opts...)

@@ -1,0 +1,81 @@
+package projections
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/internal/natstest"
+	"github.com/chatd-dev/chatd/streams"
+)
+
+// When the node falls so far behind that NATS drops pushes, the connections of the users who
+// lost some are told, so they resume from their last sequence; other users are left alone.
+func TestDroppedPushesAreReported(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	f := NewFeed(natstest.Connect(t, s), nil, nil)
+	defer f.Close()
+
+	release := make(chan struct{})
+	var delivered atomic.Int64
+	aliceLost, bobLost := make(chan struct{}, 1), make(chan struct{}, 1)
+	signal := func(c chan struct{}) func() {
+		return func() {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
+		}
+	}
+	// alice's first push holds the dispatcher, as a stuck node would.
+	stopAlice, err := f.Subscribe("alice", func(uint64, []byte) {
+		if delivered.Add(1) == 1 {
+			<-release
+		}
+	}, signal(aliceLost))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopAlice()
+	stopBob, err := f.Subscribe("bob", func(uint64, []byte) {}, signal(bobLost))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopBob()
+
+	pub := natstest.Connect(t, s)
+	for range pushBuffer + 1000 {
+		if err := pub.Publish(streams.PushSubject("alice"), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for dropped(f, "alice") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("NATS never dropped a push")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	select {
+	case <-aliceLost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("alice's connection was not told that pushes were lost")
+	}
+	time.Sleep(2 * dropCheck) // bob's connection would have been told by now
+	select {
+	case <-bobLost:
+		t.Fatal("bob lost nothing but was told he did")
+	default:
+	}
+}
+
+func dropped(f *Feed, user string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, _ := f.users[streams.PushSubject(user)].sub.Dropped()
+	return n
+}

@@ -1,0 +1,84 @@
+package streams
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Reads that a decision rests on go to the stream's leader.
+//
+// The stream allows direct gets, which any replica may answer, and a replica may lag the leader
+// by a few appends. An append's expectation covers only the conversation's last sequence, so a
+// decision must never combine a current tip with a state read from a lagging replica: it would be
+// accepted on stale state (a removed member sending, say). The leader's store is the one the
+// expectations are checked against, and it only moves forward; reading every input of a decision
+// from it, tip first, makes whatever is read after the tip at least as new as the tip.
+//
+// On a single server (the embedded default) leader and replica are the same store; the cost is
+// the JetStream API's request queue instead of the stream's own direct-get subscription.
+
+// msgGetRequest is the body of a $JS.API.STREAM.MSG.GET request.
+type msgGetRequest struct {
+	Seq     uint64 `json:"seq,omitempty"`
+	LastFor string `json:"last_by_subj,omitempty"`
+	NextFor string `json:"next_by_subj,omitempty"`
+}
+
+// msgGetResponse is its answer.
+type msgGetResponse struct {
+	Error   *jetstream.APIError `json:"error,omitempty"`
+	Message *struct {
+		Subject  string    `json:"subject"`
+		Sequence uint64    `json:"seq"`
+		Data     []byte    `json:"data"`
+		Time     time.Time `json:"time"`
+	} `json:"message,omitempty"`
+}
+
+// defaultReadTimeout bounds a read whose context has no deadline.
+const defaultReadTimeout = 5 * time.Second
+
+// readLeader gets one message from the stream's leader. It answers jetstream.ErrMsgNotFound when
+// there is no such message, and "unavailable" for every other failure.
+func (s *Store) readLeader(ctx context.Context, req msgGetRequest) (domain.Event, error) {
+	what := req.LastFor + req.NextFor
+	if what == "" {
+		what = fmt.Sprintf("sequence %d", req.Seq)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultReadTimeout)
+		defer cancel()
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return domain.Event{}, err
+	}
+	msg, err := s.js.Conn().RequestWithContext(ctx, s.getSubject, body)
+	if err != nil {
+		return domain.Event{}, wrapLookup(err, what)
+	}
+	var resp msgGetResponse
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return domain.Event{}, wrapLookup(fmt.Errorf("decode answer: %w", err), what)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return domain.Event{}, jetstream.ErrMsgNotFound
+	case resp.Error != nil:
+		return domain.Event{}, wrapLookup(resp.Error, what)
+	case resp.Message == nil:
+		return domain.Event{}, wrapLookup(jetstream.ErrInvalidJetStreamResponse, what)
+	}
+	e, err := domain.DecodeEvent(resp.Message.Data)
+	if err != nil {
+		return e, fmt.Errorf("event at sequence %d: %w", resp.Message.Sequence, err)
+	}
+	e.Seq = resp.Message.Sequence
+	return e, nil
+}
