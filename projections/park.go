@@ -71,8 +71,14 @@ func (p *Projector) park(ctx context.Context, m jetstream.Msg, cause error) erro
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
 	var cp uint64
-	if err := tx.QueryRow(ctx, `SELECT seq FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp); err != nil {
+	var tables uint32
+	if err := tx.QueryRow(ctx, `SELECT seq, tableoid::oid FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp, &tables); err != nil {
 		return fmt.Errorf("lock checkpoint to park: %w", err)
+	}
+	// As in applyBatch: tables rebuilt and switched over since the event was rejected may well
+	// accept it, so it is applied again from the new checkpoint rather than parked in them.
+	if p.tables != 0 && tables != p.tables {
+		return errSwitched
 	}
 	if e.Seq <= cp {
 		return nil // another projector got past it

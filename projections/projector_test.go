@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -294,5 +295,38 @@ func TestPoisonEventIsParked(t *testing.T) {
 	}
 	if _, err := NewMessages(f.pool).Get(f.ctx, ok.ID); err != nil {
 		t.Fatalf("the healthy conversation's message after a rebuild: %v", err)
+	}
+}
+
+// A projector that parks an event after a rebuild switched the read models over under it stops
+// instead, as applyBatch does, and starts again from the new checkpoint: the rebuilt tables may
+// well accept the event that the replaced ones rejected.
+func TestParkAfterSwitchOver(t *testing.T) {
+	f := newFixture(t)
+	_, _, _, err := f.store.ProvisionUser(f.ctx, "alice", "alice")
+	f.check(err)
+	p := f.projector()
+	f.check(p.catchUp(f.ctx, f.lastSeq(), nil))
+	res, err := Rebuild(f.ctx, f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
+	f.check(err)
+
+	_, _, _, err = f.store.ProvisionUser(f.ctx, "bob", "bob")
+	f.check(err)
+	cons, err := f.stream.OrderedConsumer(f.ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   f.lastSeq(),
+	})
+	f.check(err)
+	m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	f.check(err)
+	if err := p.park(f.ctx, m, errors.New("rejected by the replaced tables")); !errors.Is(err, errSwitched) {
+		t.Fatalf("park after a switch-over: %v, want errSwitched", err)
+	}
+	var parked int
+	var cp uint64
+	f.check(f.pool.QueryRow(f.ctx, `SELECT (SELECT count(*) FROM parked_events), (SELECT seq FROM projector_checkpoints WHERE name = $1)`,
+		ProjectorName).Scan(&parked, &cp))
+	if parked != 0 || cp != res.Seq {
+		t.Fatalf("the rebuilt tables have %d parked events and checkpoint %d, want 0 and %d", parked, cp, res.Seq)
 	}
 }

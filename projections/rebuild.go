@@ -144,7 +144,13 @@ func lockRebuild(ctx context.Context, live *pgxpool.Pool) (unlock func(), err er
 		return nil, domain.Errorf(domain.CodeConflict, "another rebuild of the read models is running")
 	}
 	return func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(key))
+		ctx := context.WithoutCancel(ctx)
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, int64(key)); err != nil {
+			// The session may still hold the lock, and back in the pool it would keep every later
+			// rebuild out for as long as the connection lives: end the session instead, which
+			// releases its locks (the pool drops a closed connection on Release).
+			_ = conn.Conn().Close(ctx)
+		}
 		conn.Release()
 	}, nil
 }
@@ -182,7 +188,7 @@ func switchOver(ctx context.Context, live *pgxpool.Pool, liveSchema, newSchema s
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+qualified(liveSchema, []string{"projector_checkpoints"})+" IN ACCESS EXCLUSIVE MODE"); err != nil {
 		return RebuildResult{}, fmt.Errorf("lock the live checkpoint: %w", err)
 	}
-	if _, err := tx.Exec(ctx, "LOCK TABLE "+qualified(liveSchema, tables)+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+qualified(liveSchema, inLockOrder(tables))+" IN ACCESS EXCLUSIVE MODE"); err != nil {
 		return RebuildResult{}, fmt.Errorf("lock the live read models: %w", err)
 	}
 	var target uint64
@@ -213,6 +219,32 @@ func switchOver(ctx context.Context, live *pgxpool.Pool, liveSchema, newSchema s
 		return RebuildResult{}, readErr(err, "commit switch-over")
 	}
 	return RebuildResult{Seq: target, OldSchema: old}, nil
+}
+
+// lockOrder is the order in which this package's reads lock the read-model tables (a statement
+// locks its FROM clause's tables left to right): members before conversations before messages,
+// members before users and departures, the checkpoint before parked_events. The switch-over locks
+// the live tables in this order, so it never holds a table that a reader waits for while waiting
+// for one that reader holds. In alphabetical order it held conversations while waiting for
+// members, so a conversation list could deadlock with it and be the side PostgreSQL aborts (its
+// request failing). A read that locks in another order can still deadlock with the switch-over,
+// which retries when it is the side aborted (retryableSwitch); keep new reads in this order.
+var lockOrder = []string{"projector_checkpoints", "members", "conversations", "messages", "users", "departures", "parked_events"}
+
+// inLockOrder returns tables in lockOrder, followed by those it does not list, in their order.
+func inLockOrder(tables []string) []string {
+	out := make([]string, 0, len(tables))
+	for _, t := range lockOrder {
+		if slices.Contains(tables, t) {
+			out = append(out, t)
+		}
+	}
+	for _, t := range tables {
+		if !slices.Contains(lockOrder, t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // retryableSwitch reports whether a failed switch-over may succeed later: it lost a lock wait or

@@ -84,6 +84,7 @@ type Rebuilds struct {
 	status RebuildStatus
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
+	closed bool // set by Close: Start starts nothing after it
 }
 
 // NewRebuilds returns a runner of rebuilds of the live read models in pool.
@@ -91,11 +92,17 @@ func NewRebuilds(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger) 
 	return &Rebuilds{pool: pool, stream: stream, log: log, status: RebuildStatus{State: "idle"}}
 }
 
-// Start starts a rebuild unless one is running; it returns the status either way, and whether it
-// started one.
+// Start starts a rebuild unless one is running or Close was called; it returns the status either
+// way, and whether it started one. After Close the status returned says so in its Error.
 func (r *Rebuilds) Start() (RebuildStatus, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		// Nothing would wait for a rebuild started now, and it would run on a closing pool.
+		st := r.status
+		st.Error = "no rebuild started: this node is shutting down"
+		return st, false
+	}
 	if r.status.State == "running" {
 		return r.status, false
 	}
@@ -133,9 +140,11 @@ func (r *Rebuilds) Status() RebuildStatus {
 	return r.status
 }
 
-// Close stops a running rebuild (its scratch schema is dropped) and waits for it.
+// Close stops a running rebuild (its scratch schema is dropped) and waits for it. Start starts
+// nothing after Close.
 func (r *Rebuilds) Close() {
 	r.mu.Lock()
+	r.closed = true
 	cancel := r.cancel
 	r.mu.Unlock()
 	if cancel != nil {

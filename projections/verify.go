@@ -143,30 +143,70 @@ func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done
 		if err != nil {
 			return fmt.Errorf("rebuild fetch: %w", err)
 		}
+		// Events up to upTo may have been deleted from the stream (the one at upTo too), or the
+		// stream may now begin after them: then fewer come than were asked for, and waiting for
+		// the rest would stall. end is set once nothing more can come up to upTo: the stream
+		// holds nothing after what came (counted when the consumer was created, and with each
+		// message), or what came is past upTo.
+		info := cons.CachedInfo()
+		end := info != nil && info.NumPending == 0
 		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
+		for !end {
+			m, ok := <-batch.Messages()
+			if !ok {
+				break
+			}
 			meta, err := m.Metadata()
 			if err != nil {
 				return fmt.Errorf("rebuild metadata: %w", err)
 			}
 			if meta.Sequence.Stream > upTo {
+				end = true
 				break
 			}
 			msgs = append(msgs, m)
 			cp = meta.Sequence.Stream
+			end = meta.NumPending == 0
 		}
 		if err := batch.Error(); err != nil {
 			return fmt.Errorf("rebuild fetch: %w", err)
 		}
-		if len(msgs) == 0 {
+		if len(msgs) == 0 && !end {
 			return fmt.Errorf("rebuild stalled at %d of %d", cp, upTo)
 		}
-		if err := p.applyOrPark(ctx, msgs); err != nil {
-			return err
+		if len(msgs) > 0 {
+			if err := p.applyOrPark(ctx, msgs); err != nil {
+				return err
+			}
+		}
+		if end && cp < upTo {
+			if err := p.skipTo(ctx, upTo); err != nil {
+				return err
+			}
+			cp = upTo
 		}
 		if progress != nil {
 			progress(cp, upTo)
 		}
 	}
+	return nil
+}
+
+// skipTo moves the checkpoint to seq, applying nothing, when the stream holds no event after the
+// checkpoint up to seq. None can come later either once the stream's last sequence has reached
+// seq (appends get higher sequences); if it has not, the stream is not the one the checkpoint
+// was taken on, and nothing is skipped.
+func (p *Projector) skipTo(ctx context.Context, seq uint64) error {
+	info, err := p.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream info: %w", err)
+	}
+	if info.State.LastSeq < seq {
+		return fmt.Errorf("the stream ends at %d, before %d: was it recreated?", info.State.LastSeq, seq)
+	}
+	if _, err := p.pool.Exec(ctx, `UPDATE projector_checkpoints SET seq = $2, updated_at = now() WHERE name = $1 AND seq < $2`, p.name, seq); err != nil {
+		return fmt.Errorf("move checkpoint %s past deleted events to %d: %w", p.name, seq, err)
+	}
+	p.advance(seq)
 	return nil
 }
