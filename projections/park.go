@@ -30,16 +30,16 @@ func rejected(err error) bool {
 }
 
 // applyOrPark applies a batch; when PostgreSQL rejects it, it finds and parks the culprit.
-func (p *Projector) applyOrPark(ctx context.Context, batch []jetstream.Msg) error {
+func (p *Projector) applyOrPark(ctx context.Context, batch decoded) error {
 	err := p.applyBatch(ctx, batch)
 	if err == nil || !rejected(err) {
 		return err
 	}
-	p.log.Warn("PostgreSQL rejected a batch; applying it event by event", "events", len(batch), "err", err)
-	for _, m := range batch {
+	p.log.Warn("PostgreSQL rejected a batch; applying it event by event", "events", len(batch.msgs), "err", err)
+	for i, m := range batch.msgs {
 		var last error
 		for range rejectAttempts {
-			if last = p.applyBatch(ctx, []jetstream.Msg{m}); last == nil || !rejected(last) {
+			if last = p.applyBatch(ctx, batch.one(i)); last == nil || !rejected(last) {
 				break
 			}
 		}

@@ -181,31 +181,43 @@ func (p *Projector) runOnce(ctx context.Context) error {
 				break fill
 			}
 		}
+		d, err := p.decode(batch)
+		if err != nil {
+			return err
+		}
 		// The batch in hand is finished even when shutdown has begun.
-		if err := p.applyOrPark(context.WithoutCancel(ctx), batch); err != nil {
+		if err := p.applyOrPark(context.WithoutCancel(ctx), d); err != nil {
 			return err
 		}
 	}
 }
 
-// applyBatch applies msgs in one transaction with the checkpoint, then tells waiters.
-func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	start := time.Now()
-	events := make([]domain.Event, 0, len(msgs))
-	var pending uint64 // events in the stream after this batch
+// decoded is a batch of delivered messages with their events decoded.
+type decoded struct {
+	msgs    []jetstream.Msg
+	events  []domain.Event
+	pending uint64 // events in the stream after the batch
+}
+
+// one is the batch of d's i-th event alone.
+func (d decoded) one(i int) decoded {
+	return decoded{msgs: d.msgs[i : i+1], events: d.events[i : i+1], pending: d.pending}
+}
+
+// decode decodes the events of msgs.
+func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
+	d := decoded{msgs: msgs, events: make([]domain.Event, 0, len(msgs))}
 	for _, m := range msgs {
 		meta, err := m.Metadata()
 		if err != nil {
-			return fmt.Errorf("metadata of delivered message: %w", err)
+			return d, fmt.Errorf("metadata of delivered message: %w", err)
 		}
-		pending = meta.NumPending
+		d.pending = meta.NumPending
 		e, err := domain.DecodeEvent(m.Data())
 		if errors.Is(err, domain.ErrNewerSchema) {
 			// Skipping it would leave read models that differ from a rebuild: stop here, loudly,
 			// until this node runs a chatd that reads it (readyz reports the error meanwhile).
-			return fmt.Errorf("event at %d needs a newer chatd: %w", meta.Sequence.Stream, err)
+			return d, fmt.Errorf("event at %d needs a newer chatd: %w", meta.Sequence.Stream, err)
 		}
 		if err != nil {
 			// Only chatd appends to the stream, and it validates what it appends; an event it
@@ -214,8 +226,17 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 			e = domain.Event{Type: "undecodable"}
 		}
 		e.Seq = meta.Sequence.Stream
-		events = append(events, e)
+		d.events = append(d.events, e)
 	}
+	return d, nil
+}
+
+// applyBatch applies a decoded batch in one transaction with the checkpoint, then tells waiters.
+func (p *Projector) applyBatch(ctx context.Context, d decoded) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	msgs, events, pending := d.msgs, d.events, d.pending
 
 	tx, err := p.pool.Begin(ctx)
 	if err != nil {
@@ -233,9 +254,12 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 		return errSwitched
 	}
 	p.tables = tables
-	audience, err := membersOf(ctx, tx, events)
-	if err != nil {
-		return err
+	// Who hears each event, when anyone is to be told (a rebuild pushes nothing).
+	var audience Audience
+	if p.Publish != nil {
+		if audience, err = membersOf(ctx, tx, events); err != nil {
+			return err
+		}
 	}
 	b := &pgx.Batch{}
 	var applied []domain.Event
@@ -276,7 +300,9 @@ func (p *Projector) applyBatch(ctx context.Context, msgs []jetstream.Msg) error 
 		p.Metrics.Batch(len(applied), time.Since(start), last, pending, applied[len(applied)-1].Time)
 	}
 	p.advance(max(last, events[len(events)-1].Seq))
-	p.publish(pushes(audience, applied))
+	if p.Publish != nil {
+		p.publish(pushes(audience, applied))
+	}
 	return nil
 }
 

@@ -132,7 +132,9 @@ func TestProjectorSkipsWhatWasApplied(t *testing.T) {
 	if len(msgs) != int(oldBatchEnd) {
 		t.Fatalf("fetched %d events, want %d", len(msgs), oldBatchEnd)
 	}
-	f.check(b.applyBatch(f.ctx, msgs))
+	d, err := b.decode(msgs)
+	f.check(err)
+	f.check(b.applyBatch(f.ctx, d))
 
 	got, err := NewMessages(f.pool).Get(f.ctx, m.ID)
 	f.check(err)

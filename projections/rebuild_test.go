@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,8 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 		t.Fatal("the damaged message is still readable")
 	}
 
+	indexesBefore := indexes(t, f.pool)
+
 	// Sends and reads go on during the rebuild.
 	ctx, stop := context.WithCancel(f.ctx)
 	var wg sync.WaitGroup
@@ -75,6 +78,10 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 		t.Fatalf("rebuild result %+v", res)
 	}
 
+	// The indexes and constraints dropped for the bulk load are all back, as they were.
+	if after := indexes(t, f.pool); !slices.Equal(after, indexesBefore) || len(after) < 10 {
+		t.Fatalf("indexes after the rebuild:\n%v\nbefore:\n%v", after, indexesBefore)
+	}
 	// The same pool reads the rebuilt tables: the damaged message is back.
 	if _, err := msgs.Get(f.ctx, first); err != nil {
 		t.Fatalf("after the rebuild: %v", err)
@@ -95,6 +102,22 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 	if err := f.pool.QueryRow(f.ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'chatd_%'`).Scan(&schemas); err != nil || schemas != 0 {
 		t.Fatalf("%d schemas left behind (%v)", schemas, err)
 	}
+}
+
+// indexes lists the definitions of the live read models' indexes and constraints.
+func indexes(t *testing.T, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, _ := pool.Query(context.Background(), `
+		SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema()
+		UNION ALL
+		SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+		  FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+		ORDER BY 1`)
+	defs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return defs
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

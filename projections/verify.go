@@ -68,12 +68,17 @@ func Verify(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, lo
 	}
 	// The live read models move on while we rebuild: catch up to their checkpoint, then compare
 	// inside a snapshot in which their checkpoint is still that one.
-	for range 10 {
+	for i := range 10 {
 		target, err := liveCheckpoint(ctx, live)
 		if err != nil {
 			return VerifyResult{}, err
 		}
-		if err := p.catchUp(ctx, target, progress); err != nil {
+		if i == 0 {
+			err = sc.bulkLoad(ctx, p, target, progress)
+		} else {
+			err = p.catchUp(ctx, target, progress)
+		}
+		if err != nil {
 			return VerifyResult{}, err
 		}
 		res, same, err := compare(ctx, live, scratch, target)
@@ -138,48 +143,23 @@ func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done
 	if err != nil {
 		return fmt.Errorf("create rebuild consumer from %d: %w", cp+1, err)
 	}
-	for cp < upTo {
-		batch, err := cons.Fetch(int(min(uint64(p.batchSize), upTo-cp)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return fmt.Errorf("rebuild fetch: %w", err)
+	// Fetching and decoding the next batch overlaps with applying this one, so that this process
+	// and PostgreSQL each keep a core busy.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	steps := make(chan fetched, 1)
+	go p.fetchUpTo(ctx, cons, cp, upTo, steps)
+	for f := range steps {
+		if f.err != nil {
+			return f.err
 		}
-		// Events up to upTo may have been deleted from the stream (the one at upTo too), or the
-		// stream may now begin after them: then fewer come than were asked for, and waiting for
-		// the rest would stall. end is set once nothing more can come up to upTo: the stream
-		// holds nothing after what came (counted when the consumer was created, and with each
-		// message), or what came is past upTo.
-		info := cons.CachedInfo()
-		end := info != nil && info.NumPending == 0
-		var msgs []jetstream.Msg
-		for !end {
-			m, ok := <-batch.Messages()
-			if !ok {
-				break
-			}
-			meta, err := m.Metadata()
-			if err != nil {
-				return fmt.Errorf("rebuild metadata: %w", err)
-			}
-			if meta.Sequence.Stream > upTo {
-				end = true
-				break
-			}
-			msgs = append(msgs, m)
-			cp = meta.Sequence.Stream
-			end = meta.NumPending == 0
-		}
-		if err := batch.Error(); err != nil {
-			return fmt.Errorf("rebuild fetch: %w", err)
-		}
-		if len(msgs) == 0 && !end {
-			return fmt.Errorf("rebuild stalled at %d of %d", cp, upTo)
-		}
-		if len(msgs) > 0 {
-			if err := p.applyOrPark(ctx, msgs); err != nil {
+		if len(f.batch.msgs) > 0 {
+			if err := p.applyOrPark(ctx, f.batch); err != nil {
 				return err
 			}
 		}
-		if end && cp < upTo {
+		cp = f.last
+		if f.end && cp < upTo {
 			if err := p.skipTo(ctx, upTo); err != nil {
 				return err
 			}
@@ -189,7 +169,84 @@ func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done
 			progress(cp, upTo)
 		}
 	}
+	if cp < upTo {
+		return ctx.Err()
+	}
 	return nil
+}
+
+// fetched is one batch read by fetchUpTo: its events, the last sequence read, and whether
+// nothing more can come up to the target.
+type fetched struct {
+	batch decoded
+	last  uint64
+	end   bool
+	err   error
+}
+
+// fetchUpTo reads and decodes the events after `after` up to and including upTo in batches,
+// sends them to out and closes it; it stops at the first error (which it sends) or when ctx ends.
+func (p *Projector) fetchUpTo(ctx context.Context, cons jetstream.Consumer, after, upTo uint64, out chan<- fetched) {
+	defer close(out)
+	read := after
+	for read < upTo {
+		f := p.fetchOne(cons, read, upTo)
+		if f.err == nil && len(f.batch.msgs) > 0 {
+			f.batch, f.err = p.decode(f.batch.msgs)
+		}
+		select {
+		case out <- f:
+		case <-ctx.Done():
+			return
+		}
+		if f.err != nil || f.end {
+			return
+		}
+		read = f.last
+	}
+}
+
+// fetchOne fetches the next batch after `after`, never beyond upTo.
+func (p *Projector) fetchOne(cons jetstream.Consumer, after, upTo uint64) fetched {
+	f := fetched{last: after}
+	batch, err := cons.Fetch(int(min(uint64(p.batchSize), upTo-after)), jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		f.err = fmt.Errorf("rebuild fetch: %w", err)
+		return f
+	}
+	// Events up to upTo may have been deleted from the stream (the one at upTo too), or the
+	// stream may now begin after them: then fewer come than were asked for, and waiting for the
+	// rest would stall. end is set once nothing more can come up to upTo: the stream holds
+	// nothing after what came (counted when the consumer was created, and with each message), or
+	// what came is past upTo.
+	info := cons.CachedInfo()
+	f.end = info != nil && info.NumPending == 0
+	for !f.end {
+		m, ok := <-batch.Messages()
+		if !ok {
+			break
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			f.err = fmt.Errorf("rebuild metadata: %w", err)
+			return f
+		}
+		if meta.Sequence.Stream > upTo {
+			f.end = true
+			break
+		}
+		f.batch.msgs = append(f.batch.msgs, m)
+		f.last = meta.Sequence.Stream
+		f.end = meta.NumPending == 0
+	}
+	if err := batch.Error(); err != nil {
+		f.err = fmt.Errorf("rebuild fetch: %w", err)
+		return f
+	}
+	if len(f.batch.msgs) == 0 && !f.end {
+		f.err = fmt.Errorf("rebuild stalled at %d of %d", after, upTo)
+	}
+	return f
 }
 
 // skipTo moves the checkpoint to seq, applying nothing, when the stream holds no event after the
