@@ -77,10 +77,11 @@ func (s *Store) lock(ctx context.Context, convID string) (unlock func(), err err
 // maxAttempts bounds how often a command is decided again after a conflicting append.
 const maxAttempts = 32
 
-// backOff waits a random time, longer with each attempt (up to 8ms), after an append lost a race
-// to another node: two nodes appending to one conversation otherwise keep colliding.
+// backOff waits a random time, longer with each attempt (up to 32ms), after an append lost a race
+// to another node: two nodes appending to one conversation otherwise keep colliding. On a cluster
+// an append is in flight for longer (replication), so the waits must be able to outgrow it.
 func backOff(ctx context.Context, attempt int) error {
-	t := time.NewTimer(rand.N(time.Millisecond << min(attempt, 3)))
+	t := time.NewTimer(rand.N(time.Millisecond << min(attempt, 5)))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
@@ -574,7 +575,15 @@ func (s *Store) append(ctx context.Context, e domain.Event, opts ...jetstream.Pu
 	if err != nil {
 		return nil, fmt.Errorf("encode %s event: %w", e.Type, err)
 	}
-	opts = append([]jetstream.PublishOpt{jetstream.WithMsgID(e.ID), jetstream.WithExpectStream(StreamName)}, opts...)
+	opts = append([]jetstream.PublishOpt{
+		jetstream.WithMsgID(e.ID),
+		jetstream.WithExpectStream(StreamName),
+		// "No responders" means no server stored it: on a cluster, while a stream leader is
+		// being elected or its interest reaches this server. Nothing was stored, so trying
+		// again for a while is safe; a disconnected client still fails at once.
+		jetstream.WithRetryWait(100 * time.Millisecond),
+		jetstream.WithRetryAttempts(20),
+	}, opts...)
 	ack, err := s.js.Publish(ctx, subject, data, opts...)
 	s.Metrics.Append(e.Type, isConflict(err), err)
 	if err != nil {

@@ -44,10 +44,38 @@ func onEachTopology(t *testing.T, test func(t *testing.T, newNode func() node)) 
 	})
 	t.Run("cluster", func(t *testing.T) {
 		servers := natstest.RunCluster(t, 3)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		first, err := jetstream.New(natstest.Connect(t, servers[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A young in-process cluster on a busy machine now and then leaves a JetStream API
+		// request unanswered (a meta leader change): ask again rather than wait it out.
+		for {
+			attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := streams.Setup(attempt, first, streams.Config{Replicas: 3})
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal(err)
+			}
+		}
+		natstest.AwaitStream(t, servers, streams.StreamName)
 		next := 0
 		test(t, func() node {
 			next++
-			return newNode(t, servers[next%len(servers)], streams.Config{Replicas: 3})
+			js, err := jetstream.New(natstest.Connect(t, servers[next%len(servers)]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := js.Stream(ctx, streams.StreamName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return node{js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
 		})
 	})
 }

@@ -216,11 +216,8 @@ func TestVerifyChains(t *testing.T) {
 // Two nodes sending to one group at once keep its chain linear: every send lands once, and each
 // links to the one before it.
 func TestChainUnderConcurrentNodes(t *testing.T) {
-	onEachTopology(t, testChainUnderConcurrentNodes)
-}
-
-func testChainUnderConcurrentNodes(t *testing.T, newNode func() node) {
-	a, b := newNode(), newNode()
+	s := natstest.RunServer(t, "")
+	a, b := newNode(t, s, streams.Config{}), newNode(t, s, streams.Config{})
 	provision(t, a.store, "alice", "bob")
 	g, _, _, err := a.store.CreateConversation(ctxT(t), "alice", domain.KindGroup, "busy", []string{"bob"})
 	if err != nil {

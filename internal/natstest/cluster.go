@@ -1,6 +1,8 @@
 package natstest
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // RunCluster starts n clustered in-process servers with JetStream, each storing under its own
@@ -78,4 +81,33 @@ func clusterReady(servers []*server.Server) bool {
 		}
 	}
 	return false
+}
+
+// AwaitStream waits until every server answers for the stream: its info, and a direct get
+// (which a replica serves once it has caught up and its interest has reached the others). A
+// cluster that has just placed a stream answers "no responders" for a moment otherwise.
+func AwaitStream(tb testing.TB, servers []*server.Server, name string) {
+	tb.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for i, s := range servers {
+		js, err := jetstream.New(Connect(tb, s))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var st jetstream.Stream
+			if st, err = js.Stream(ctx, name); err == nil {
+				_, err = st.GetLastMsgForSubject(ctx, "chat.evt.readiness-probe")
+			}
+			cancel()
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("stream %s not ready on server %d: %v", name, i, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }
