@@ -14,7 +14,8 @@ import (
 )
 
 // RunCluster starts n clustered in-process servers with JetStream, each storing under its own
-// temporary directory, waits until JetStream has a meta leader, and shuts them down in Cleanup.
+// temporary directory, waits until the JetStream meta leader sees every server online, and shuts
+// them down in Cleanup.
 // It is how tests see what only a replicated stream does: replicas answering reads, a leader
 // deciding expectations, appends in flight.
 func RunCluster(tb testing.TB, n int) []*server.Server {
