@@ -23,15 +23,25 @@ import (
 // first event of a chain) and sets e.Hash.
 func Chain(e *Event, prev string) {
 	e.Prev, e.Hash = prev, ""
-	raw, err := json.Marshal(e)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(e); err != nil {
 		panic(fmt.Sprintf("marshal %s event: %v", e.Type, err)) // events always marshal
 	}
-	h, err := EventHash(raw)
+	raw := bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})
+	// The fast path rewrites this encoding without decoding it; anything it does not handle
+	// (nothing chatd writes today) takes the general one.
+	canonical, err := appendCanonical(make([]byte, 0, len(raw)), raw)
 	if err != nil {
-		panic(fmt.Sprintf("hash %s event: %v", e.Type, err))
+		h, err := EventHash(raw)
+		if err != nil {
+			panic(fmt.Sprintf("hash %s event: %v", e.Type, err))
+		}
+		e.Hash = h
+		return
 	}
-	e.Hash = h
+	e.Hash = sha256Hex(canonical)
 }
 
 // EventHash returns the hash that an event stored as raw must carry.
@@ -52,15 +62,18 @@ func EventHash(raw []byte) (string, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
+	if err := enc.Encode(v); err != nil { // map keys come out sorted
 		return "", fmt.Errorf("canonical form: %w", err)
 	}
-	sum := sha256.Sum256(bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}))
-	return hex.EncodeToString(sum[:]), nil
+	return sha256Hex(bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})), nil
+}
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // BodyHash is the content hash of a message body, kept in data.body_sha256.
 func BodyHash(body string) string {
-	sum := sha256.Sum256([]byte(body))
-	return hex.EncodeToString(sum[:])
+	return sha256Hex([]byte(body))
 }

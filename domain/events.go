@@ -92,10 +92,15 @@ func eventTime(now time.Time) time.Time { return now.UTC().Truncate(time.Microse
 
 func newEvent(typ, conversationID, actor string, now time.Time, data any) Event {
 	now = eventTime(now)
-	raw, err := json.Marshal(data)
-	if err != nil {
+	// Without HTML escaping, as the canonical form has it: Chain then hashes it without
+	// decoding (see appendCanonical). The stream stores what json.Marshal makes of the event.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(data); err != nil {
 		panic(fmt.Sprintf("marshal %s data: %v", typ, err)) // plain structs always marshal
 	}
+	raw := bytes.TrimSuffix(buf.Bytes(), []byte{'\n'})
 	return Event{
 		V:              SchemaVersion,
 		ID:             NewEventID(),
