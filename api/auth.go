@@ -9,6 +9,7 @@ import (
 
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/golang-jwt/jwt/v5"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/labstack/echo/v4"
 )
 
@@ -20,6 +21,10 @@ type Auth struct {
 	secret     []byte
 	maxTTL     time.Duration
 	now        func() time.Time
+	// verified remembers the claims of tokens whose signature checked out: a client sends the
+	// same token with every request, and parsing it again (base64, JSON, HMAC) was 4 % of the
+	// CPU of a send. Only the signature check is skipped; times are checked on every use.
+	verified *lru.Cache[string, Claims]
 }
 
 // Issuer is the iss claim of tokens chatd mints. Tokens minted by the host may carry any.
@@ -33,7 +38,8 @@ func NewAuth(serviceKey, jwtSecret string, maxTTL time.Duration) (*Auth, error) 
 	if len(serviceKey) < MinSecretBytes || len(jwtSecret) < MinSecretBytes {
 		return nil, fmt.Errorf("the service key and the JWT secret must be at least %d bytes", MinSecretBytes)
 	}
-	return &Auth{serviceKey: []byte(serviceKey), secret: []byte(jwtSecret), maxTTL: maxTTL, now: time.Now}, nil
+	verified, _ := lru.New[string, Claims](10_000) // only errs on size <= 0
+	return &Auth{serviceKey: []byte(serviceKey), secret: []byte(jwtSecret), maxTTL: maxTTL, now: time.Now, verified: verified}, nil
 }
 
 // Claims are what a user token says.
@@ -81,14 +87,20 @@ func (a *Auth) verify(token string) (Claims, error) {
 	if token == "" {
 		return Claims{}, domain.Errorf(domain.CodeUnauthenticated, "this endpoint needs a user token")
 	}
-	var claims Claims
-	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.secret, nil },
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+	timeChecks := []jwt.ParserOption{
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
-		jwt.WithLeeway(30*time.Second),
+		jwt.WithLeeway(30 * time.Second),
 		jwt.WithTimeFunc(a.now),
-	)
+	}
+	claims, ok := a.verified.Get(token)
+	var err error
+	if ok {
+		err = jwt.NewValidator(timeChecks...).Validate(claims)
+	} else {
+		_, err = jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return a.secret, nil },
+			append(timeChecks, jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}))...)
+	}
 	if err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {
 			return Claims{}, domain.Errorf(domain.CodeUnauthenticated, "the token has expired")
@@ -97,6 +109,9 @@ func (a *Auth) verify(token string) (Claims, error) {
 	}
 	if domain.ValidUserID(claims.Subject) != nil {
 		return Claims{}, domain.Errorf(domain.CodeUnauthenticated, "the token's subject is not a valid user id")
+	}
+	if !ok {
+		a.verified.Add(token, claims)
 	}
 	return claims, nil
 }
