@@ -2,9 +2,11 @@ package streams_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/internal/natstest"
@@ -54,6 +56,76 @@ func BenchmarkSendMessage(b *testing.B) {
 			} else {
 				for b.Loop() {
 					send()
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkSendMessageHistory measures a send into a conversation that already holds history
+// messages. Every append expects the conversation's last sequence over all its subjects, and a
+// message has a subject of its own, so the server finds that sequence by matching every message
+// subject of the conversation: the cost grows with the conversation's history (see
+// docs/benchmarks.md, "Sends slow down as a conversation grows").
+//
+//	go test -run '^$' -bench SendMessageHistory -benchtime 2000x ./streams
+func BenchmarkSendMessageHistory(b *testing.B) {
+	for _, history := range []int{0, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("history=%d", history), func(b *testing.B) {
+			s := natstest.RunServer(b, "")
+			js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{})
+			store := streams.NewStore(js, st, domain.DefaultLimits)
+			ctx := context.Background()
+			for _, u := range []string{"alice", "bob"} {
+				if _, _, _, err := store.ProvisionUser(ctx, u, u); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c, _, _, err := store.CreateConversation(ctx, "alice", domain.KindDirect, "", []string{"bob"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			body := fmt.Sprintf("%0100d", 0) // 100 bytes
+			// The history goes straight into the stream, chained like the store's own appends.
+			last, err := st.GetLastMsgForSubject(ctx, streams.ConversationSubjects(c.ID))
+			if err != nil {
+				b.Fatal(err)
+			}
+			var tip domain.Event
+			if err := json.Unmarshal(last.Data, &tip); err != nil {
+				b.Fatal(err)
+			}
+			prev := tip.Hash
+			for i := range history {
+				e, err := domain.SendMessage(c, "alice", fmt.Sprint("h", i), body, domain.DefaultLimits, time.Now())
+				if err != nil {
+					b.Fatal(err)
+				}
+				domain.Chain(&e, prev)
+				prev = e.Hash
+				subject, err := streams.Subject(e)
+				if err != nil {
+					b.Fatal(err)
+				}
+				data, err := json.Marshal(e)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := js.PublishAsync(subject, data); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(time.Minute):
+				b.Fatal("history not stored within a minute")
+			}
+			n := 0
+			for b.Loop() {
+				n++
+				if _, _, err := store.SendMessage(ctx, "alice", c.ID, fmt.Sprint("m", n), body); err != nil {
+					b.Fatal(err)
 				}
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
