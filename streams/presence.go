@@ -35,6 +35,14 @@ func SetupPresence(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	if err != nil {
 		return nil, fmt.Errorf("create or update KV %s: %w", PresenceBucket, err)
 	}
+	// Like the events stream, a replicated bucket answers nothing until it has a leader.
+	s, err := js.Stream(ctx, "KV_"+PresenceBucket)
+	if err != nil {
+		return nil, fmt.Errorf("KV %s: %w", PresenceBucket, err)
+	}
+	if err := awaitLeader(ctx, s); err != nil {
+		return nil, err
+	}
 	return &Presence{kv: kv}, nil
 }
 

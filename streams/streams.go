@@ -84,7 +84,7 @@ func awaitLeader(ctx context.Context, s jetstream.Stream) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("stream %s has no leader: %w", StreamName, errors.Join(ctx.Err(), err))
+			return fmt.Errorf("stream %s has no leader: %w", s.CachedInfo().Config.Name, errors.Join(ctx.Err(), err))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
