@@ -2,9 +2,12 @@ package projections
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"sync"
 	"testing"
 	"time"
@@ -60,16 +63,47 @@ func BenchmarkProjector(b *testing.B) {
 	}
 }
 
+var (
+	replayEvents  = flag.Int("replay.events", 0, "events BenchmarkReplay publishes and rebuilds (default 1,000,000, or 50,000 with -short)")
+	replayProfile = flag.String("replay.cpuprofile", "", "write a CPU profile of BenchmarkReplay's timed rebuild alone (not its setup) to this file")
+)
+
+// startReplayProfile starts the CPU profile that -replay.cpuprofile asks for; -test.cpuprofile
+// would profile the untimed setup too, which takes longer than the rebuild.
+func startReplayProfile(b *testing.B) (stop func()) {
+	if *replayProfile == "" {
+		return func() {}
+	}
+	out, err := os.Create(*replayProfile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := out.Close(); err != nil {
+			b.Error(err)
+		}
+	}
+}
+
 // BenchmarkReplay measures chatd replay (Rebuild): N message events (100-byte bodies, 1,000
 // direct conversations), published straight into the stream, rebuilt into fresh tables and
 // switched over.
 //
 //	go test -run '^$' -bench Replay -benchtime 1x -timeout 30m ./projections   (N = 1,000,000)
+//	go test -run '^$' -bench Replay -benchtime 1x -short ./projections         (N = 50,000)
+//	go test -run '^$' -bench Replay -benchtime 1x -replay.events 200000 ./projections
 func BenchmarkReplay(b *testing.B) {
 	const convs = 1000
 	n := 1_000_000
 	if testing.Short() {
 		n = 50_000
+	}
+	if *replayEvents > 0 {
+		n = *replayEvents
 	}
 	for range b.N {
 		b.StopTimer()
@@ -121,8 +155,11 @@ func BenchmarkReplay(b *testing.B) {
 		if err != nil {
 			b.Fatalf("live projection reached %d of %d: %v", p.Position(), last, err)
 		}
+		stopProfile := startReplayProfile(b)
 		b.StartTimer()
 		res, err := Rebuild(context.Background(), f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
+		b.StopTimer()
+		stopProfile()
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -3,6 +3,8 @@ package projections
 import (
 	"context"
 	"errors"
+	"maps"
+	"strings"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -60,29 +62,86 @@ func (Conversations) apply(b *pgx.Batch, e domain.Event) error {
 
 // applyCreated moves each conversation's last message, and each sender's read marker (sending
 // a message means having read everything before it), once per run of message.created events:
-// to the run's newest message in that conversation.
+// to the run's newest message in that conversation. A bulk load defers these updates (see
+// bulk.go): deferredConversations.apply must know whose rows each event type reads or writes.
 func (Conversations) applyCreated(b *pgx.Batch, run []created) {
-	type reader struct{ conv, user string }
-	lastOf := map[string]created{}
-	readTo := map[reader]uint64{}
-	for _, c := range run {
-		lastOf[c.ConversationID] = c // runs are in stream order: the last one wins
-		readTo[reader{c.ConversationID, c.SenderID}] = c.Seq
+	a := activity{}
+	a.add(run)
+	a.queue(b)
+}
+
+// activity is what runs of message.created events leave in conversations and members, merged:
+// per conversation its newest message, and per sender there their newest message.
+type activity map[string]*convActivity
+
+// convActivity is a conversation's part of an activity.
+type convActivity struct {
+	seq     uint64            // the newest message
+	at      time.Time         // and its time
+	readers map[string]uint64 // sender → sequence of their newest message here
+}
+
+func (c *convActivity) clone() *convActivity {
+	out := *c
+	out.readers = maps.Clone(c.readers)
+	return &out
+}
+
+// add merges a run of message.created events, in stream order. The ids it keeps are copies:
+// a decoder may hand out strings that share the memory of their whole event, which a bulk load
+// would otherwise keep for as long as the activity waits.
+func (a activity) add(run []created) {
+	for _, m := range run {
+		c := a[m.ConversationID]
+		if c == nil {
+			c = &convActivity{readers: map[string]uint64{}}
+			a[strings.Clone(m.ConversationID)] = c
+		}
+		c.seq, c.at = m.Seq, m.Time
+		if _, ok := c.readers[m.SenderID]; !ok {
+			c.readers[strings.Clone(m.SenderID)] = m.Seq
+		} else {
+			c.readers[m.SenderID] = m.Seq
+		}
+	}
+}
+
+// merge merges newer activity into a. It takes over newer's entries where a has none, so newer
+// is not to be used afterwards.
+func (a activity) merge(newer activity) {
+	for id, n := range newer {
+		c := a[id]
+		if c == nil {
+			a[id] = n
+			continue
+		}
+		c.seq, c.at = n.seq, n.at
+		for u, seq := range n.readers {
+			c.readers[u] = seq
+		}
+	}
+}
+
+// queue queues the UPDATEs that write a onto b: each conversation's last message and activity,
+// and each sender's read marker, moved forward only.
+func (a activity) queue(b *pgx.Batch) {
+	if len(a) == 0 {
+		return
 	}
 	var convs []string
 	var seqs []uint64
 	var times []time.Time
-	for id, c := range lastOf {
-		convs, seqs, times = append(convs, id), append(seqs, c.Seq), append(times, c.Time)
+	var rconvs, rusers []string
+	var rseqs []uint64
+	for id, c := range a {
+		convs, seqs, times = append(convs, id), append(seqs, c.seq), append(times, c.at)
+		for u, seq := range c.readers {
+			rconvs, rusers, rseqs = append(rconvs, id), append(rusers, u), append(rseqs, seq)
+		}
 	}
 	b.Queue(`UPDATE conversations c SET last_message_seq = u.seq, last_activity_seq = u.seq, last_activity_at = u.at
 		FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, seq, at)
 		WHERE c.id = u.id AND c.last_activity_seq < u.seq`, convs, seqs, times)
-	var rconvs, rusers []string
-	var rseqs []uint64
-	for r, seq := range readTo {
-		rconvs, rusers, rseqs = append(rconvs, r.conv), append(rusers, r.user), append(rseqs, seq)
-	}
 	b.Queue(`UPDATE members m SET last_read_seq = u.seq
 		FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(conv, usr, seq)
 		WHERE m.conversation_id = u.conv AND m.user_id = u.usr AND m.last_read_seq < u.seq`, rconvs, rusers, rseqs)

@@ -58,13 +58,16 @@ type Projector struct {
 	// parkedConvs are the conversations with a parked event: their later events are parked
 	// too, so that none is shown out of order. Only the projector's goroutine uses it.
 	parkedConvs map[string]bool
-	parked      atomic.Int64  // events parked, for readiness and metrics
-	batches     atomic.Uint64 // committed transactions that applied events
-	applied     atomic.Uint64 // events applied
-	mu          sync.Mutex
-	moved       chan struct{} // closed and replaced whenever pos moves
-	lastErr     error         // last failure, nil while running well
-	state       string
+	// bulk is set while the projector bulk-loads fresh tables (see bulk.go); nil for the live
+	// read models.
+	bulk    *bulkLoad
+	parked  atomic.Int64  // events parked, for readiness and metrics
+	batches atomic.Uint64 // committed transactions that applied events
+	applied atomic.Uint64 // events applied
+	mu      sync.Mutex
+	moved   chan struct{} // closed and replaced whenever pos moves
+	lastErr error         // last failure, nil while running well
+	state   string
 }
 
 // Projector states, as readiness reports them.
@@ -194,20 +197,31 @@ func (p *Projector) runOnce(ctx context.Context) error {
 
 // decoded is a batch of delivered messages with their events decoded.
 type decoded struct {
-	msgs    []jetstream.Msg
-	events  []domain.Event
+	msgs   []jetstream.Msg
+	events []domain.Event
+	// data is the data of each message.created event in events, at its index (zero for other
+	// types), decoded once with its envelope: in a catch-up that happens ahead of the goroutine
+	// that applies the batch.
+	data    []messageData
 	pending uint64 // events in the stream after the batch
+	alone   bool   // one event of a rejected batch, applied by itself (see applyOrPark)
+}
+
+// messageData is a message.created event's data, or why it could not be decoded.
+type messageData struct {
+	domain.MessageData
+	err error
 }
 
 // one is the batch of d's i-th event alone.
 func (d decoded) one(i int) decoded {
-	return decoded{msgs: d.msgs[i : i+1], events: d.events[i : i+1], pending: d.pending}
+	return decoded{msgs: d.msgs[i : i+1], events: d.events[i : i+1], data: d.data[i : i+1], pending: d.pending, alone: true}
 }
 
 // decode decodes the events of msgs.
 func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
-	d := decoded{msgs: msgs, events: make([]domain.Event, 0, len(msgs))}
-	for _, m := range msgs {
+	d := decoded{msgs: msgs, events: make([]domain.Event, len(msgs)), data: make([]messageData, len(msgs))}
+	for i, m := range msgs {
 		meta, err := m.Metadata()
 		if err != nil {
 			return d, fmt.Errorf("metadata of delivered message: %w", err)
@@ -225,14 +239,29 @@ func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
 			p.log.Error("skipping undecodable event", "seq", meta.Sequence.Stream, "subject", m.Subject(), "err", err)
 			e = domain.Event{Type: "undecodable"}
 		}
+		if e.Type == domain.TypeMessageCreated {
+			d.data[i].MessageData, d.data[i].err = domain.DecodeData[domain.MessageData](e)
+		}
 		e.Seq = meta.Sequence.Stream
-		d.events = append(d.events, e)
+		d.events[i] = e
 	}
 	return d, nil
 }
 
 // applyBatch applies a decoded batch in one transaction with the checkpoint, then tells waiters.
 func (p *Projector) applyBatch(ctx context.Context, d decoded) error {
+	// A bulk load copies a batch's new messages (see bulk.go), but not when it applies the
+	// events of a rejected batch one at a time: their errors are then the live projector's,
+	// word for word, since parked_events keeps them.
+	err := p.applyTx(ctx, d, p.bulk != nil && !d.alone)
+	if errors.Is(err, errCopyConflict) {
+		err = p.applyTx(ctx, d, false)
+	}
+	return err
+}
+
+// applyTx is applyBatch, copying the new messages if useCopy is set and the batch allows it.
+func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -262,7 +291,8 @@ func (p *Projector) applyBatch(ctx context.Context, d decoded) error {
 		}
 	}
 	b := &pgx.Batch{}
-	var applied []domain.Event
+	applied := make([]domain.Event, 0, len(events))
+	data := make([]messageData, 0, len(events))
 	var parkedNow int64
 	last := cp
 	for i, e := range events {
@@ -276,9 +306,19 @@ func (p *Projector) applyBatch(ctx context.Context, d decoded) error {
 			continue
 		}
 		applied = append(applied, e)
+		data = append(data, d.data[i])
 	}
-	if err := p.queue(b, applied); err != nil {
+	if p.bulk != nil {
+		p.bulk.begin(b, useCopy && copyKeepsOrder(applied, data), len(applied))
+		defer p.bulk.abort() // a no-op after commit
+	}
+	if err := p.queue(b, applied, data); err != nil {
 		return err
+	}
+	if p.bulk != nil && len(p.bulk.tx.rows) > 0 {
+		if err := copyMessages(ctx, tx, p.bulk.tx.rows); err != nil {
+			return err
+		}
 	}
 	if last > cp {
 		b.Queue(`UPDATE projector_checkpoints SET seq = $2, updated_at = now() WHERE name = $1`, p.name, last)
@@ -290,6 +330,9 @@ func (p *Projector) applyBatch(ctx context.Context, d decoded) error {
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit events %d..%d: %w", cp+1, last, err)
+	}
+	if p.bulk != nil && last > cp {
+		p.bulk.commit() // what it wrote went out with the batch
 	}
 	if parkedNow > 0 {
 		p.Metrics.Parked(p.parked.Add(parkedNow))
@@ -309,13 +352,18 @@ func (p *Projector) applyBatch(ctx context.Context, d decoded) error {
 // queue queues the statements of events onto b. Runs of consecutive message.created events (the
 // bulk of any stream) go to the read models that apply them set-based, a few statements per run
 // instead of a few per message; everything else is applied one event at a time, in order.
-func (p *Projector) queue(b *pgx.Batch, events []domain.Event) error {
-	var run []created
+// data holds the data of events' message.created events, at their index.
+func (p *Projector) queue(b *pgx.Batch, events []domain.Event, data []messageData) error {
+	models := p.models
+	if p.bulk != nil {
+		models = p.bulk.models
+	}
+	run := make([]created, 0, len(events))
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
 		}
-		for _, m := range p.models {
+		for _, m := range models {
 			if bulk, ok := m.(bulkCreated); ok {
 				bulk.applyCreated(b, run)
 				continue
@@ -329,19 +377,18 @@ func (p *Projector) queue(b *pgx.Batch, events []domain.Event) error {
 		run = run[:0]
 		return nil
 	}
-	for _, e := range events {
+	for i, e := range events {
 		if e.Type == domain.TypeMessageCreated {
-			d, err := domain.DecodeData[domain.MessageData](e)
-			if err != nil {
+			if err := data[i].err; err != nil {
 				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
 			}
-			run = append(run, created{Event: e, MessageData: d})
+			run = append(run, created{Event: e, MessageData: data[i].MessageData})
 			continue
 		}
 		if err := flush(); err != nil {
 			return err
 		}
-		for _, m := range p.models {
+		for _, m := range models {
 			if err := m.apply(b, e); err != nil {
 				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
 			}

@@ -296,7 +296,10 @@ func newScratch(ctx context.Context, live *pgxpool.Pool, prefix string) (*scratc
 // bulkLoad applies the stream up to upTo to the scratch tables with their secondary indexes
 // (unique constraints included) dropped, then builds them again: building an index once over a
 // million rows costs a fraction of keeping it up to date row by row. The primary keys stay, since
-// the projector finds rows by them; nothing else reads the scratch tables meanwhile.
+// the projector finds rows by them; nothing else reads the scratch tables meanwhile. For the same
+// reason the projector applies the events in bulk mode (see bulk.go): new messages copied, the
+// conversations' last activity and read markers written once instead of every batch. A failed
+// bulk load leaves the scratch tables behind the checkpoint they carry: the caller drops them.
 func (sc *scratch) bulkLoad(ctx context.Context, p *Projector, upTo uint64, progress func(done, total uint64)) error {
 	rows, _ := sc.live.Query(ctx, `
 		SELECT quote_ident(n.nspname) || '.' || quote_ident(t.relname), quote_ident(n.nspname) || '.' || quote_ident(x.relname),
@@ -328,7 +331,13 @@ func (sc *scratch) bulkLoad(ctx context.Context, p *Projector, upTo uint64, prog
 			return fmt.Errorf("%s: %w", stmt, err)
 		}
 	}
-	if err := p.catchUp(ctx, upTo, progress); err != nil {
+	p.bulk = newBulkLoad(p.models)
+	err = p.catchUp(ctx, upTo, progress)
+	if err == nil {
+		err = p.bulk.finish(ctx, p)
+	}
+	p.bulk = nil
+	if err != nil {
 		return err
 	}
 	conn, err := sc.live.Acquire(ctx)

@@ -1,0 +1,135 @@
+package projections
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
+)
+
+// A bulk load defers the conversations' last activity and the senders' read markers and copies
+// new messages (see bulk.go), and still leaves exactly the tables the live projector leaves,
+// wherever its batches begin and end: with read markers (whose clamp reads the conversation's
+// last activity) and membership changes between messages, a message stored twice, an edit
+// stored before its message, and an event PostgreSQL rejects.
+func TestBulkLoadMatchesLiveProjector(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"alice", "bob", "carol", "dave"} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	direct := f.direct("alice", "bob")
+	group, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "club", []string{"bob", "carol"})
+	f.check(err)
+	joined, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "later", []string{"bob"})
+	f.check(err)
+	other, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindDirect, "", []string{"dave"})
+	f.check(err)
+	n := 0
+	send := func(from string, conv domain.Conversation) {
+		t.Helper()
+		n++
+		_, _, err := f.store.SendMessage(f.ctx, from, conv.ID, fmt.Sprint("m", n), fmt.Sprint("message ", n))
+		f.check(err)
+	}
+	publish := func(e domain.Event) {
+		t.Helper()
+		subject, err := streams.Subject(e)
+		f.check(err)
+		b, err := json.Marshal(e)
+		f.check(err)
+		_, err = f.js.Publish(f.ctx, subject, b)
+		f.check(err)
+	}
+	const far = 1 << 40 // clamped to the conversation's last activity
+
+	send("alice", group)
+	send("bob", direct)
+	send("carol", group) // carol's marker moves with her message; then her membership ends
+	_, _, err = f.store.RemoveMember(f.ctx, "alice", group.ID, "carol")
+	f.check(err)
+	send("alice", group)
+	_, _, err = f.store.AddMember(f.ctx, "alice", group.ID, "carol") // her new marker is at 0
+	f.check(err)
+	send("alice", group)
+	_, err = f.store.MarkRead(f.ctx, "bob", group.ID, far) // at alice's last message
+	f.check(err)
+	send("alice", joined)
+	_, _, err = f.store.AddMember(f.ctx, "alice", joined.ID, "dave") // later than the last message
+	f.check(err)
+	send("alice", direct)
+
+	// Written past the command side, as a bug or an old version might: a message stored twice
+	// (the first one counts), an edit stored before its message (it changes nothing), and a
+	// message PostgreSQL rejects (parked, with its conversation's later events).
+	twice, err := domain.SendMessage(direct, "bob", "twice", "the first copy", domain.DefaultLimits, time.Now())
+	f.check(err)
+	publish(twice)
+	send("alice", group)
+	early, err := domain.SendMessage(direct, "alice", "early", "as sent", domain.DefaultLimits, time.Now())
+	f.check(err)
+	earlyData, err := domain.DecodeData[domain.MessageData](early)
+	f.check(err)
+	edit, err := domain.EditMessage(direct, domain.Message{ID: earlyData.MessageID, SenderID: "alice"}, "alice", "edited too early", domain.DefaultLimits, time.Now())
+	f.check(err)
+	publish(edit)
+	send("bob", direct)
+	publish(early)
+	again, err := domain.SendMessage(direct, "bob", "twice", "the second copy", domain.DefaultLimits, time.Now())
+	f.check(err)
+	publish(again)
+	send("dave", other)
+	poison, err := domain.SendMessage(other, "alice", "poison", "x", domain.DefaultLimits, time.Now())
+	f.check(err)
+	poison.Data = json.RawMessage(`{"message_id":"` + other.ID + `-aaaaaaaaaaaaaaaaaaaa","sender_id":"alice","client_msg_id":"poison","body":"a\u0000b"}`)
+	publish(poison)
+	send("alice", other)
+	send("bob", direct)
+
+	live := f.projector()
+	f.run(live)
+	target := f.lastSeq()
+	f.waitFor(live, target)
+	// What the live projector made of it, which the bulk load must match.
+	var carol, bob uint64
+	var joinedLast *uint64
+	var first, sent string
+	var parked int
+	f.check(f.pool.QueryRow(f.ctx, `SELECT
+		(SELECT last_read_seq FROM members WHERE conversation_id = $1 AND user_id = 'carol'),
+		(SELECT last_read_seq FROM members WHERE conversation_id = $1 AND user_id = 'bob'),
+		(SELECT last_message_seq FROM conversations WHERE id = $2),
+		(SELECT body FROM messages WHERE client_msg_id = 'twice'),
+		(SELECT body FROM messages WHERE client_msg_id = 'early'),
+		(SELECT count(*) FROM parked_events)`, group.ID, joined.ID).Scan(&carol, &bob, &joinedLast, &first, &sent, &parked))
+	if carol != 0 || bob == 0 || joinedLast == nil || first != "the first copy" || sent != "as sent" || parked != 2 {
+		t.Fatalf("live: carol read %d, bob %d, last message %v, bodies %q and %q, %d parked", carol, bob, joinedLast, first, sent, parked)
+	}
+
+	for _, size := range []int{1, 2, 3, 5, 8, rebuildBatch} {
+		t.Run(fmt.Sprint(size, " events a batch"), func(t *testing.T) {
+			sc, err := newScratch(f.ctx, f.pool, "chatd_test")
+			f.check(err)
+			t.Cleanup(func() { sc.drop(context.Background(), nil) })
+			p := NewProjector(sc.pool, f.stream, discardLog())
+			p.batchSize = size
+			if err := sc.bulkLoad(f.ctx, p, target, nil); err != nil {
+				t.Fatalf("bulk load: %v", err)
+			}
+			res, same, err := compare(f.ctx, f.pool, sc.pool, target)
+			f.check(err)
+			if !same {
+				t.Fatal("the live read models moved")
+			}
+			for _, c := range res.Tables {
+				if !c.Equal() {
+					t.Errorf("%s: %d rows (%s) after the bulk load, %d (%s) live", c.Table, c.RebuiltRows, c.RebuiltDigest, c.LiveRows, c.LiveDigest)
+				}
+			}
+		})
+	}
+}
