@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Directs, "directs", 50, "direct conversations")
 	fs.IntVar(&cfg.Groups, "groups", 0, "groups")
 	fs.IntVar(&cfg.GroupSize, "group-size", 5, "members per group")
-	fs.IntVar(&cfg.Senders, "senders", 16, "concurrent senders (closed loop)")
+	fs.IntVar(&cfg.Senders, "senders", 16, "concurrent senders (closed loop), or the most requests in flight (open loop)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "total messages per second (open loop); 0 for closed loop")
 	fs.IntVar(&cfg.Messages, "messages", 0, "messages to send; 0 sends for -duration")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to send when -messages is 0")

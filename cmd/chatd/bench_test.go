@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -14,35 +15,41 @@ import (
 // speed; this test never asserts any.)
 func TestLoadToolSmallRun(t *testing.T) {
 	c := startWithDB(t)
-	res, err := bench.Run(context.Background(), bench.Config{
-		URL: c.url, ServiceKey: testServiceKey, RunID: "t",
-		Users: 10, Directs: 5, Groups: 1, GroupSize: 4,
-		Senders: 4, Messages: 200, BodyBytes: 100, PushWait: 20 * time.Second, SampleRead: 10,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 5 direct conversations of 2 and one group of 4, sent to in turn: 200 messages reach
-	// (2*5 + 4) * 200/6 members on average; count exactly from the run itself.
-	if res.Sent != 200 || res.Acked != 200 || res.Errors != 0 {
-		t.Fatalf("sent %d, acknowledged %d, errors %d (%s)", res.Sent, res.Acked, res.Errors, res.FirstError)
-	}
-	if res.ExpectedPushes == 0 || res.Pushes != res.ExpectedPushes || res.LostPushes != 0 || res.Duplicates != 0 {
-		t.Fatalf("pushes %d of %d, lost %d, duplicates %d", res.Pushes, res.ExpectedPushes, res.LostPushes, res.Duplicates)
-	}
-	if res.POST.N != 200 || res.Push.N != res.Pushes || res.ReadVisible.N != 20 {
-		t.Fatalf("samples: POST %d, push %d, read %d", res.POST.N, res.Push.N, res.ReadVisible.N)
-	}
-	want := 0
-	for n := range 200 {
-		if n%6 == 5 {
-			want += 4
-		} else {
-			want += 2
+	for _, rate := range []float64{0, 400} { // closed loop, then open loop
+		res, err := bench.Run(context.Background(), bench.Config{
+			URL: c.url, ServiceKey: testServiceKey, RunID: fmt.Sprint("t", rate),
+			Users: 10, Directs: 5, Groups: 1, GroupSize: 4, Rate: rate,
+			Senders: 4, Messages: 200, BodyBytes: 100, PushWait: 20 * time.Second, SampleRead: 10,
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if res.ExpectedPushes != want {
-		t.Fatalf("expected pushes %d, want %d", res.ExpectedPushes, want)
+		// 5 direct conversations of 2 and one group of 4, sent to in turn: 200 messages reach
+		// (2*5 + 4) * 200/6 members on average; count exactly from the run itself.
+		if res.Sent != 200 || res.Acked != 200 || res.Errors != 0 {
+			t.Fatalf("rate %v: sent %d, acknowledged %d, errors %d (%s)", rate, res.Sent, res.Acked, res.Errors, res.FirstError)
+		}
+		if res.ExpectedPushes == 0 || res.Pushes != res.ExpectedPushes || res.LostPushes != 0 || res.Duplicates != 0 {
+			t.Fatalf("rate %v: pushes %d of %d, lost %d, duplicates %d", rate, res.Pushes, res.ExpectedPushes, res.LostPushes, res.Duplicates)
+		}
+		if res.POST.N != 200 || res.Push.N != res.Pushes || res.ReadVisible.N != 20 {
+			t.Fatalf("rate %v: samples: POST %d, push %d, read %d", rate, res.POST.N, res.Push.N, res.ReadVisible.N)
+		}
+		want := 0
+		for n := range 200 {
+			if n%6 == 5 {
+				want += 4
+			} else {
+				want += 2
+			}
+		}
+		if res.ExpectedPushes != want {
+			t.Fatalf("rate %v: expected pushes %d, want %d", rate, res.ExpectedPushes, want)
+		}
+		// The open loop sends message n at n/rate, never sooner: the last one is due at 497.5 ms.
+		if rate > 0 && res.Elapsed < 497*time.Millisecond {
+			t.Fatalf("200 messages at %v/s sent in %v", rate, res.Elapsed)
+		}
 	}
 }
 

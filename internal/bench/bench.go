@@ -30,7 +30,7 @@ type Config struct {
 	Directs    int            // direct conversations
 	Groups     int            // groups
 	GroupSize  int            // members per group
-	Senders    int            // concurrent senders (closed loop)
+	Senders    int            // concurrent senders: the loop (closed loop), or the most requests in flight (open loop)
 	Rate       float64        // messages per second in total (open loop); 0 for closed loop
 	Messages   int            // messages to send (0: until Duration)
 	Duration   time.Duration  // how long to send when Messages is 0
@@ -190,25 +190,27 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		acked    atomic.Int64
 		samples  sync.WaitGroup
 	)
-	deadline := time.Now().Add(cfg.Duration)
-	var tick <-chan time.Time
-	if cfg.Rate > 0 {
-		t := time.NewTicker(time.Duration(float64(time.Second) / cfg.Rate))
-		defer t.Stop()
-		tick = t.C
-	}
+	// Open loop: message n is due at start + n/Rate, whenever the sender that takes it gets free,
+	// and its latencies count from then. A ticker instead drops ticks while the senders are busy,
+	// so a saturated chatd would get fewer messages and report the latency of only those
+	// ("coordinated omission").
 	start := time.Now()
+	deadline := start.Add(cfg.Duration)
 	var workers sync.WaitGroup
 	for range cfg.Senders {
 		workers.Go(func() {
 			for ctx.Err() == nil {
 				n := int(next.Add(1)) - 1
-				if (cfg.Messages > 0 && n >= cfg.Messages) || (cfg.Messages == 0 && time.Now().After(deadline)) {
+				at := time.Now()
+				if cfg.Rate > 0 {
+					at = start.Add(time.Duration(float64(n) * float64(time.Second) / cfg.Rate))
+				}
+				if (cfg.Messages > 0 && n >= cfg.Messages) || (cfg.Messages == 0 && at.After(deadline)) {
 					return
 				}
-				if tick != nil {
+				if wait := time.Until(at); wait > 0 {
 					select {
-					case <-tick:
+					case <-time.After(wait):
 					case <-ctx.Done():
 						return
 					}
@@ -216,7 +218,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				conv := convs[n%len(convs)]
 				sender := conv.members[n%len(conv.members)]
 				id := fmt.Sprintf("%s-m%d", cfg.RunID, n)
-				at := time.Now()
 				mu.Lock()
 				sends[id] = sent{at: at, recipients: len(conv.members)}
 				mu.Unlock()
