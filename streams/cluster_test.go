@@ -1,0 +1,227 @@
+package streams_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/internal/natstest"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Guarantee 10 on a cluster: the stream's leader is shut down while sends are under way. Every
+// acknowledged send is in the stream exactly once; a send that failed is either there once or
+// not at all, and retrying it with its client_msg_id settles which without a second copy; and
+// every conversation's hash chain is still one line (an election in the middle of an append
+// forks nothing).
+func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
+	servers := natstest.RunCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	setupJS, err := jetstream.New(natstest.Connect(t, servers[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st jetstream.Stream
+	for { // a young cluster now and then leaves an API request unanswered; see onEachTopology
+		attempt, cancelAttempt := context.WithTimeout(ctx, 5*time.Second)
+		st, err = streams.Setup(attempt, setupJS, streams.Config{Replicas: 3})
+		cancelAttempt()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.AwaitStream(t, servers, streams.StreamName)
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leader, client *server.Server
+	for _, s := range servers {
+		switch {
+		case s.Name() == info.Cluster.Leader:
+			leader = s
+		case client == nil:
+			client = s
+		}
+	}
+	if leader == nil {
+		t.Fatalf("no server is the stream leader %q", info.Cluster.Leader)
+	}
+	// The command side talks to a server that stays up: what is tested is the stream losing its
+	// leader, not the client losing its connection.
+	n := newClusterNode(t, ctx, client)
+	const convs = 6
+	ids := make([]string, convs)
+	for i := range convs {
+		a, b := fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)
+		for _, u := range []string{a, b} {
+			if _, _, _, err := n.store.ProvisionUser(ctx, u, u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, _, _, err := n.store.CreateConversation(ctx, a, domain.KindDirect, "", []string{b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = c.ID
+	}
+
+	type send struct{ conv, sender, clientMsgID string }
+	var (
+		mu     sync.Mutex
+		acked  = map[string]send{} // message id → send
+		failed []send
+	)
+	stop := make(chan struct{})
+	var senders sync.WaitGroup
+	for i, conv := range ids {
+		senders.Go(func() {
+			sender := fmt.Sprintf("a%d", i)
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				s := send{conv, sender, fmt.Sprintf("m%d", k)}
+				sendCtx, cancelSend := context.WithTimeout(ctx, 5*time.Second)
+				m, _, err := n.store.SendMessage(sendCtx, sender, conv, s.clientMsgID, "hello")
+				cancelSend()
+				mu.Lock()
+				if err != nil {
+					failed = append(failed, s)
+				} else {
+					acked[m.ID] = s
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	leader.Shutdown()
+	leader.WaitForShutdown()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	senders.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d sends acknowledged, %d failed while the leader was lost", len(acked), len(failed))
+	if len(acked) == 0 {
+		t.Fatal("no send was acknowledged")
+	}
+
+	// A failed send is retried until it is answered, as a client would.
+	landed := 0 // failed sends that the stream had stored after all
+	for _, s := range failed {
+		for attempt := 0; ; attempt++ {
+			m, created, err := n.store.SendMessage(ctx, s.sender, s.conv, s.clientMsgID, "hello")
+			if err == nil {
+				acked[m.ID] = s
+				if !created {
+					landed++
+				}
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("retrying %v: %v", s, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	t.Logf("%d of the failed sends had been stored: their retries found them", landed)
+
+	// Read the stream back from a surviving server.
+	var out bytes.Buffer
+	eventually(t, ctx, func() error {
+		out.Reset()
+		_, err := n.store.Export(ctx, streams.ExportFilter{}, &out)
+		return err
+	})
+	stored := map[string]int{}
+	sc := bufio.NewScanner(&out)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var line struct{ Event domain.Event }
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatal(err)
+		}
+		if line.Event.Type == domain.TypeMessageCreated {
+			d, err := domain.DecodeData[domain.MessageData](line.Event)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored[d.MessageID]++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for id, count := range stored {
+		if count != 1 {
+			t.Errorf("message %s stored %d times", id, count)
+		}
+		if _, ok := acked[id]; !ok {
+			t.Errorf("message %s stored but never acknowledged, even on retry", id)
+		}
+	}
+	for id, s := range acked {
+		if stored[id] != 1 {
+			t.Errorf("acknowledged message %s (%v) stored %d times", id, s, stored[id])
+		}
+	}
+
+	var problems []streams.Problem
+	eventually(t, ctx, func() error {
+		problems = problems[:0]
+		_, err := streams.Verify(ctx, n.stream, "", func(p streams.Problem) error {
+			problems = append(problems, p)
+			return nil
+		})
+		return err
+	})
+	for _, p := range problems {
+		t.Errorf("chain: %s", p)
+	}
+}
+
+func newClusterNode(t *testing.T, ctx context.Context, s *server.Server) node {
+	t.Helper()
+	js, err := jetstream.New(natstest.Connect(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, streams.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return node{js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
+}
+
+// eventually runs read until it succeeds: a cluster that has just lost a server answers some
+// requests with "no responders" until the new leader's interest has spread.
+func eventually(t *testing.T, ctx context.Context, read func() error) {
+	t.Helper()
+	for {
+		err := read()
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
