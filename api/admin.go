@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -76,14 +77,17 @@ func (s *server) getProjections(c echo.Context) error {
 }
 
 // postRebuild: POST /api/v1/admin/projections/rebuild — starts rebuilding the read models from
-// the stream in the background (202), or answers 409 while one runs.
+// the stream in the background (202); answers 409 while one runs, 503 while the node shuts down.
 func (s *server) postRebuild(c echo.Context) error {
-	st, started := s.Rebuilds.Start()
-	if !started {
+	st, err := s.Rebuilds.Start()
+	switch {
+	case errors.Is(err, projections.ErrRebuildRunning):
 		return c.JSON(http.StatusConflict, map[string]any{
-			"error":   map[string]string{"code": string(domain.CodeConflict), "message": "a rebuild is already running on this node"},
+			"error":   map[string]string{"code": string(domain.CodeConflict), "message": err.Error()},
 			"rebuild": st,
 		})
+	case err != nil:
+		return domain.Unavailable("no rebuild started: "+err.Error()+"; ask another node", err)
 	}
 	c.Response().Header().Set(echo.HeaderLocation, "/api/v1/admin/projections")
 	return c.JSON(http.StatusAccepted, map[string]any{"rebuild": st})

@@ -45,7 +45,7 @@ type Projector interface {
 
 // Rebuilds runs rebuilds of the read models for admins; *projections.Rebuilds implements it.
 type Rebuilds interface {
-	Start() (projections.RebuildStatus, bool)
+	Start() (projections.RebuildStatus, error)
 	Status() projections.RebuildStatus
 }
 

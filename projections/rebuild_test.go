@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -253,16 +254,16 @@ func TestRebuildsStartAfterClose(t *testing.T) {
 	f.direct("alice", "bob")
 	r := NewRebuilds(f.pool, f.stream, discardLog())
 	t.Cleanup(r.Close)
-	if _, started := r.Start(); !started {
-		t.Fatal("the first rebuild did not start")
+	if _, err := r.Start(); err != nil {
+		t.Fatalf("the first rebuild did not start: %v", err)
 	}
 	r.Close()
 	if st := r.Status(); st.State == "running" {
 		t.Fatalf("a rebuild runs after Close: %+v", st)
 	}
-	st, started := r.Start()
-	if started || r.Status().State == "running" || st.Error == "" {
-		t.Fatalf("Start after Close: started %v, status %+v", started, st)
+	st, err := r.Start()
+	if !errors.Is(err, ErrRebuildsClosed) || r.Status().State == "running" || st.State == "running" {
+		t.Fatalf("Start after Close: %v, status %+v; want ErrRebuildsClosed and nothing running", err, st)
 	}
 }
 

@@ -92,19 +92,23 @@ func NewRebuilds(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger) 
 	return &Rebuilds{pool: pool, stream: stream, log: log, status: RebuildStatus{State: "idle"}}
 }
 
-// Start starts a rebuild unless one is running or Close was called; it returns the status either
-// way, and whether it started one. After Close the status returned says so in its Error.
-func (r *Rebuilds) Start() (RebuildStatus, bool) {
+// Errors of Rebuilds.Start.
+var (
+	ErrRebuildRunning = errors.New("a rebuild is already running on this node")
+	ErrRebuildsClosed = errors.New("this node is shutting down")
+)
+
+// Start starts a rebuild and returns its status. While one runs it returns that one's status
+// and ErrRebuildRunning; after Close, ErrRebuildsClosed.
+func (r *Rebuilds) Start() (RebuildStatus, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		// Nothing would wait for a rebuild started now, and it would run on a closing pool.
-		st := r.status
-		st.Error = "no rebuild started: this node is shutting down"
-		return st, false
+		return r.status, ErrRebuildsClosed
 	}
 	if r.status.State == "running" {
-		return r.status, false
+		return r.status, ErrRebuildRunning
 	}
 	now := time.Now().UTC()
 	r.status = RebuildStatus{State: "running", StartedAt: &now}
@@ -130,7 +134,7 @@ func (r *Rebuilds) Start() (RebuildStatus, bool) {
 		r.status.State, r.status.Result = "done", &res
 		r.log.Info("read models rebuilt and switched over", "seq", res.Seq, "events", res.Events, "took", res.Took)
 	})
-	return r.status, true
+	return r.status, nil
 }
 
 // Status returns the state of the latest rebuild.
