@@ -11,6 +11,7 @@ import (
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // BenchmarkSendMessage measures the command side of a send (idempotency lookup, decision on
@@ -24,19 +25,8 @@ func BenchmarkSendMessage(b *testing.B) {
 			name = "parallel"
 		}
 		b.Run(name, func(b *testing.B) {
-			s := natstest.RunServer(b, "")
-			js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{})
-			store := streams.NewStore(js, st, domain.DefaultLimits)
+			_, _, store, c := benchConversation(b)
 			ctx := context.Background()
-			for _, u := range []string{"alice", "bob"} {
-				if _, _, _, err := store.ProvisionUser(ctx, u, u); err != nil {
-					b.Fatal(err)
-				}
-			}
-			c, _, _, err := store.CreateConversation(ctx, "alice", domain.KindDirect, "", []string{"bob"})
-			if err != nil {
-				b.Fatal(err)
-			}
 			body := fmt.Sprintf("%0100d", 0) // 100 bytes
 			var n atomic.Int64
 			b.ResetTimer()
@@ -73,19 +63,8 @@ func BenchmarkSendMessage(b *testing.B) {
 func BenchmarkSendMessageHistory(b *testing.B) {
 	for _, history := range []int{0, 10_000, 100_000} {
 		b.Run(fmt.Sprintf("history=%d", history), func(b *testing.B) {
-			s := natstest.RunServer(b, "")
-			js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{})
-			store := streams.NewStore(js, st, domain.DefaultLimits)
+			js, st, store, c := benchConversation(b)
 			ctx := context.Background()
-			for _, u := range []string{"alice", "bob"} {
-				if _, _, _, err := store.ProvisionUser(ctx, u, u); err != nil {
-					b.Fatal(err)
-				}
-			}
-			c, _, _, err := store.CreateConversation(ctx, "alice", domain.KindDirect, "", []string{"bob"})
-			if err != nil {
-				b.Fatal(err)
-			}
 			body := fmt.Sprintf("%0100d", 0) // 100 bytes
 			// The history goes straight into the stream, chained like the store's own appends.
 			last, err := st.GetLastMsgForSubject(ctx, streams.ConversationSubjects(c.ID))
@@ -131,4 +110,23 @@ func BenchmarkSendMessageHistory(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
+}
+
+// benchConversation starts a server with the events stream and returns a store on it and a
+// direct conversation between alice and bob.
+func benchConversation(b *testing.B) (jetstream.JetStream, jetstream.Stream, *streams.Store, domain.Conversation) {
+	s := natstest.RunServer(b, "")
+	js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{})
+	store := streams.NewStore(js, st, domain.DefaultLimits)
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob"} {
+		if _, _, _, err := store.ProvisionUser(ctx, u, u); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c, _, _, err := store.CreateConversation(ctx, "alice", domain.KindDirect, "", []string{"bob"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return js, st, store, c
 }
