@@ -26,23 +26,7 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 	servers := natstest.RunCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	setupJS, err := jetstream.New(natstest.Connect(t, servers[0]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st jetstream.Stream
-	for { // a young cluster now and then leaves an API request unanswered; see onEachTopology
-		attempt, cancelAttempt := context.WithTimeout(ctx, 5*time.Second)
-		st, err = streams.Setup(attempt, setupJS, streams.Config{Replicas: 3})
-		cancelAttempt()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal(err)
-		}
-	}
-	natstest.AwaitStream(t, servers, streams.StreamName)
+	st := setupReplicated(t, ctx, servers)
 	info, err := st.Info(ctx)
 	if err != nil {
 		t.Fatal(err)

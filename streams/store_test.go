@@ -34,6 +34,30 @@ func newNode(t *testing.T, s *server.Server, cfg streams.Config) node {
 	return node{js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
 }
 
+// setupReplicated sets the stream up with three replicas on servers and waits until every server
+// answers for it.
+func setupReplicated(t *testing.T, ctx context.Context, servers []*server.Server) jetstream.Stream {
+	t.Helper()
+	first, err := jetstream.New(natstest.Connect(t, servers[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A young in-process cluster on a busy machine now and then leaves a JetStream API request
+	// unanswered (a meta leader change): ask again rather than wait it out.
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := streams.Setup(attempt, first, streams.Config{Replicas: 3})
+		cancel()
+		if err == nil {
+			natstest.AwaitStream(t, servers, streams.StreamName)
+			return st
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // onEachTopology runs test on a single server and on a cluster of three with a replicated
 // stream, where replicas answer direct gets, the leader checks expectations, and an append can
 // be refused while another is still in flight. newNode connects each node to the next server.
@@ -46,36 +70,11 @@ func onEachTopology(t *testing.T, test func(t *testing.T, newNode func() node)) 
 		servers := natstest.RunCluster(t, 3)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		first, err := jetstream.New(natstest.Connect(t, servers[0]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// A young in-process cluster on a busy machine now and then leaves a JetStream API
-		// request unanswered (a meta leader change): ask again rather than wait it out.
-		for {
-			attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := streams.Setup(attempt, first, streams.Config{Replicas: 3})
-			cancel()
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				t.Fatal(err)
-			}
-		}
-		natstest.AwaitStream(t, servers, streams.StreamName)
+		setupReplicated(t, ctx, servers)
 		next := 0
 		test(t, func() node {
 			next++
-			js, err := jetstream.New(natstest.Connect(t, servers[next%len(servers)]))
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, err := js.Stream(ctx, streams.StreamName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return node{js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
+			return newClusterNode(t, ctx, servers[next%len(servers)])
 		})
 	})
 }
