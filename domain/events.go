@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	fastjson "github.com/goccy/go-json"
 )
 
 // SchemaVersion is the version of the event envelope and payloads written by this build.
@@ -114,10 +112,17 @@ func newEvent(typ, conversationID, actor string, now time.Time, data any) Event 
 	}
 }
 
+// Unmarshal decodes JSON into v as encoding/json's Unmarshal does. The decoders take one so that
+// an adapter that decodes many events can bring a faster one (see projections/decode.go).
+type Unmarshal func(data []byte, v any) error
+
 // DecodeEvent parses an event as stored in the stream and checks its envelope.
-func DecodeEvent(b []byte) (Event, error) {
-	e, err := decodeJSON[Event](b)
-	if err != nil {
+func DecodeEvent(b []byte) (Event, error) { return DecodeEventWith(json.Unmarshal, b) }
+
+// DecodeEventWith is DecodeEvent with unmarshal instead of json.Unmarshal.
+func DecodeEventWith(unmarshal Unmarshal, b []byte) (Event, error) {
+	var e Event
+	if err := unmarshal(b, &e); err != nil {
 		return Event{}, fmt.Errorf("decode event: %w", err)
 	}
 	if e.V > SchemaVersion {
@@ -136,27 +141,15 @@ func DecodeEvent(b []byte) (Event, error) {
 }
 
 // DecodeData parses the payload of e into T.
-func DecodeData[T any](e Event) (T, error) {
-	v, err := decodeJSON[T](e.Data)
-	if err != nil {
+func DecodeData[T any](e Event) (T, error) { return DecodeDataWith[T](json.Unmarshal, e) }
+
+// DecodeDataWith is DecodeData with unmarshal instead of json.Unmarshal.
+func DecodeDataWith[T any](unmarshal Unmarshal, e Event) (T, error) {
+	var v T
+	if err := unmarshal(e.Data, &v); err != nil {
 		return v, fmt.Errorf("decode %s data of event %s: %w", e.Type, e.ID, err)
 	}
 	return v, nil
-}
-
-// decodeJSON decodes b as encoding/json would. Events are decoded wherever they are read (the
-// projector, resumes, audits), and goccy/go-json, a drop-in encoding/json, decodes them 5× faster
-// than the standard library. What it refuses, the standard library decides (it accepts some
-// odd times that goccy does not), so errors are the standard library's; FuzzDecodersAgree holds
-// the two to the same results.
-func decodeJSON[T any](b []byte) (T, error) {
-	var v T
-	if fastjson.Unmarshal(b, &v) == nil {
-		return v, nil
-	}
-	var std T
-	err := json.Unmarshal(b, &std)
-	return std, err
 }
 
 // ConversationOf returns the conversation state carried by a conversation.created,

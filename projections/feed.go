@@ -285,7 +285,7 @@ func (f *Feed) Replay(ctx context.Context, user string, spans []Span, after, upT
 			if !within(byConv[conversationOf(m.Subject())], seq) {
 				continue // before they joined, or after they left
 			}
-			e, err := domain.DecodeEvent(m.Data())
+			e, err := domain.DecodeEventWith(decodeJSON, m.Data())
 			if err != nil {
 				continue // the projector logged it; a client cannot use it either
 			}

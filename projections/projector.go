@@ -227,7 +227,7 @@ func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
 			return d, fmt.Errorf("metadata of delivered message: %w", err)
 		}
 		d.pending = meta.NumPending
-		e, err := domain.DecodeEvent(m.Data())
+		e, err := domain.DecodeEventWith(decodeJSON, m.Data())
 		if errors.Is(err, domain.ErrNewerSchema) {
 			// Skipping it would leave read models that differ from a rebuild: stop here, loudly,
 			// until this node runs a chatd that reads it (readyz reports the error meanwhile).
@@ -240,7 +240,7 @@ func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
 			e = domain.Event{Type: "undecodable"}
 		}
 		if e.Type == domain.TypeMessageCreated {
-			d.data[i].MessageData, d.data[i].err = domain.DecodeData[domain.MessageData](e)
+			d.data[i].MessageData, d.data[i].err = domain.DecodeDataWith[domain.MessageData](decodeJSON, e)
 		}
 		e.Seq = meta.Sequence.Stream
 		d.events[i] = e

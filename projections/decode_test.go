@@ -1,4 +1,4 @@
-package domain
+package projections
 
 import (
 	"encoding/json"
@@ -7,13 +7,14 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/chatd-dev/chatd/domain"
 )
 
-// The event decoders use goccy/go-json first (see decodeJSON). Whatever an event or
-// its data holds, they must decode it as the standard library does: the same values, and an
-// error exactly when it errs.
+// decodeJSON tries goccy/go-json first. Whatever an event or its data holds, it must decode it
+// as the standard library does: the same values, and an error exactly when it errs.
 func FuzzDecodersAgree(f *testing.F) {
-	files, err := filepath.Glob(filepath.Join("testdata", "events", "*.json"))
+	files, err := filepath.Glob(filepath.Join("..", "domain", "testdata", "events", "*.json"))
 	if err != nil || len(files) == 0 {
 		f.Fatalf("no golden events (%v)", err)
 	}
@@ -51,17 +52,20 @@ func FuzzDecodersAgree(f *testing.F) {
 		f.Add([]byte(strings.Replace(good, c[0], c[1], 1)))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		agree[Event](t, b)
-		agree[MessageData](t, b)
-		agree[MemberData](t, b)
-		agree[ConversationData](t, b)
+		agree[domain.Event](t, b)
+		agree[domain.MessageData](t, b)
+		agree[domain.MemberData](t, b)
+		agree[domain.ConversationData](t, b)
+		agree[domain.ReadData](t, b)
+		agree[domain.UserData](t, b)
 	})
 }
 
 func agree[T any](t *testing.T, b []byte) {
 	var want T
 	wantErr := json.Unmarshal(b, &want)
-	got, gotErr := decodeJSON[T](b)
+	var got T
+	gotErr := decodeJSON(b, &got)
 	if (wantErr == nil) != (gotErr == nil) {
 		t.Fatalf("decoding %q into %T: encoding/json says %v, decodeJSON %v", b, want, wantErr, gotErr)
 	}
