@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
 )
 
 // BenchmarkProjector measures catching up: 20,000 messages (100-byte bodies, 100 direct
@@ -126,13 +128,22 @@ func BenchmarkReplay(b *testing.B) {
 		}
 		body := fmt.Sprintf("%0100d", 0)
 		now := time.Now().UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano)
+		layout, err := streams.LayoutOf(f.stream)
+		if err != nil {
+			b.Fatal(err)
+		}
 		for i := range n {
 			conv := ids[i%convs]
 			msgID := domain.MessageID(conv, fmt.Sprint("u", i%convs), fmt.Sprint(i))
-			_, local, _ := domain.SplitMessageID(msgID)
-			data := fmt.Sprintf(`{"v":1,"id":"e%d","type":"message.created","conversation_id":%q,"actor":"u%d","time":%q,"data":{"message_id":%q,"sender_id":"u%d","client_msg_id":"%d","body":%q}}`,
-				i, conv, i%convs, now, msgID, i%convs, i, body)
-			if _, err := f.js.PublishAsync("chat.evt.conv."+conv+".msg."+local, []byte(data)); err != nil {
+			data := fmt.Sprintf(`{"message_id":%q,"sender_id":"u%d","client_msg_id":"%d","body":%q}`, msgID, i%convs, i, body)
+			event := fmt.Sprintf(`{"v":1,"id":"e%d","type":"message.created","conversation_id":%q,"actor":"u%d","time":%q,"data":%s}`,
+				i, conv, i%convs, now, data)
+			// Not chained: the projector does not check chains.
+			subject, err := layout.Subject(domain.Event{Type: domain.TypeMessageCreated, ConversationID: conv, Data: json.RawMessage(data)}, uint64(1+i/convs))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := f.js.PublishAsync(subject, []byte(event)); err != nil {
 				b.Fatal(err)
 			}
 			if i%10_000 == 9_999 {

@@ -36,13 +36,15 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 		_, _, err := f.store.SendMessage(f.ctx, from, conv.ID, fmt.Sprint("m", n), fmt.Sprint("message ", n))
 		f.check(err)
 	}
+	layout, err := streams.LayoutOf(f.stream)
+	f.check(err)
 	publish := func(e domain.Event) {
 		t.Helper()
-		subject, err := streams.Subject(e)
+		tip, err := streams.ReadTip(f.ctx, f.stream, e.ConversationID)
 		f.check(err)
-		b, err := json.Marshal(e)
+		m, _, err := layout.Chain(&e, tip)
 		f.check(err)
-		_, err = f.js.Publish(f.ctx, subject, b)
+		_, err = f.js.PublishMsg(f.ctx, m)
 		f.check(err)
 	}
 	const far = 1 << 40 // clamped to the conversation's last activity

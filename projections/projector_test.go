@@ -41,7 +41,11 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	return &fixture{t: t, ctx: ctx, pool: pool, js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
+	store, err := streams.NewStore(js, st, domain.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, ctx: ctx, pool: pool, js: js, stream: st, store: store}
 }
 
 func (f *fixture) projector() *Projector {

@@ -2,7 +2,6 @@ package streams_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -54,10 +54,11 @@ func BenchmarkSendMessage(b *testing.B) {
 }
 
 // BenchmarkSendMessageHistory measures a send into a conversation that already holds history
-// messages. Every append expects the conversation's last sequence over all its subjects, and a
-// message has a subject of its own, so the server finds that sequence by matching every message
-// subject of the conversation: the cost grows with the conversation's history (see
-// docs/benchmarks.md, "Sends slow down as a conversation grows").
+// messages. Every append expects the conversation's last sequence, which the server finds by
+// matching every subject under the expectation's filter, and a message has a subject of its own.
+// Epochs bound that filter to one epoch of the conversation (see streams.Layout); before them,
+// the cost grew with the conversation's history (docs/benchmarks.md, "Sends slow down as a
+// conversation grows").
 //
 //	go test -run '^$' -bench SendMessageHistory -benchtime 2000x ./streams
 func BenchmarkSendMessageHistory(b *testing.B) {
@@ -67,31 +68,24 @@ func BenchmarkSendMessageHistory(b *testing.B) {
 			ctx := context.Background()
 			body := fmt.Sprintf("%0100d", 0) // 100 bytes
 			// The history goes straight into the stream, chained like the store's own appends.
-			last, err := st.GetLastMsgForSubject(ctx, streams.ConversationSubjects(c.ID))
+			layout, err := streams.LayoutOf(st)
 			if err != nil {
 				b.Fatal(err)
 			}
-			var tip domain.Event
-			if err := json.Unmarshal(last.Data, &tip); err != nil {
+			tip, err := streams.ReadTip(ctx, st, c.ID)
+			if err != nil {
 				b.Fatal(err)
 			}
-			prev := tip.Hash
 			for i := range history {
 				e, err := domain.SendMessage(c, "alice", fmt.Sprint("h", i), body, domain.DefaultLimits, time.Now())
 				if err != nil {
 					b.Fatal(err)
 				}
-				domain.Chain(&e, prev)
-				prev = e.Hash
-				subject, err := streams.Subject(e)
-				if err != nil {
+				var m *nats.Msg
+				if m, tip, err = layout.Chain(&e, tip); err != nil {
 					b.Fatal(err)
 				}
-				data, err := json.Marshal(e)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := js.PublishAsync(subject, data); err != nil {
+				if _, err := js.PublishMsgAsync(m); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -114,10 +108,13 @@ func BenchmarkSendMessageHistory(b *testing.B) {
 
 // benchConversation starts a server with the events stream and returns a store on it and a
 // direct conversation between alice and bob.
-func benchConversation(b *testing.B) (jetstream.JetStream, jetstream.Stream, *streams.Store, domain.Conversation) {
+func benchConversation(b testing.TB) (jetstream.JetStream, jetstream.Stream, *streams.Store, domain.Conversation) {
 	s := natstest.RunServer(b, "")
-	js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{})
-	store := streams.NewStore(js, st, domain.DefaultLimits)
+	js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{EpochSize: streams.DefaultEpochSize})
+	store, err := streams.NewStore(js, st, domain.DefaultLimits)
+	if err != nil {
+		b.Fatal(err)
+	}
 	ctx := context.Background()
 	for _, u := range []string{"alice", "bob"} {
 		if _, _, _, err := store.ProvisionUser(ctx, u, u); err != nil {

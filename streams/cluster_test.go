@@ -191,7 +191,7 @@ func newClusterNode(t *testing.T, ctx context.Context, s *server.Server) node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return node{js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
+	return node{js: js, stream: st, store: newStore(t, js, st)}
 }
 
 // eventually runs read until it succeeds: a cluster that has just lost a server answers some

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -35,6 +36,7 @@ type msgGetResponse struct {
 	Message *struct {
 		Subject  string    `json:"subject"`
 		Sequence uint64    `json:"seq"`
+		Header   []byte    `json:"hdrs,omitempty"`
 		Data     []byte    `json:"data"`
 		Time     time.Time `json:"time"`
 	} `json:"message,omitempty"`
@@ -43,9 +45,17 @@ type msgGetResponse struct {
 // defaultReadTimeout bounds a read whose context has no deadline.
 const defaultReadTimeout = 5 * time.Second
 
+// storedEvent is an event read from the stream, with the tip it made in its conversation when
+// it carries a position (conversation events do).
+type storedEvent struct {
+	domain.Event
+	tip    Tip
+	hasTip bool
+}
+
 // readLeader gets one message from the stream's leader. It answers jetstream.ErrMsgNotFound when
 // there is no such message, and "unavailable" for every other failure.
-func (s *Store) readLeader(ctx context.Context, req msgGetRequest) (domain.Event, error) {
+func (s *Store) readLeader(ctx context.Context, req msgGetRequest) (storedEvent, error) {
 	what := req.LastFor + req.NextFor
 	if what == "" {
 		what = fmt.Sprintf("sequence %d", req.Seq)
@@ -57,28 +67,43 @@ func (s *Store) readLeader(ctx context.Context, req msgGetRequest) (domain.Event
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
-		return domain.Event{}, err
+		return storedEvent{}, err
 	}
 	msg, err := s.js.Conn().RequestWithContext(ctx, s.getSubject, body)
 	if err != nil {
-		return domain.Event{}, wrapLookup(err, what)
+		return storedEvent{}, wrapLookup(err, what)
 	}
 	var resp msgGetResponse
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return domain.Event{}, wrapLookup(fmt.Errorf("decode answer: %w", err), what)
+		return storedEvent{}, wrapLookup(fmt.Errorf("decode answer: %w", err), what)
 	}
 	switch {
 	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return domain.Event{}, jetstream.ErrMsgNotFound
+		return storedEvent{}, jetstream.ErrMsgNotFound
 	case resp.Error != nil:
-		return domain.Event{}, wrapLookup(resp.Error, what)
+		return storedEvent{}, wrapLookup(resp.Error, what)
 	case resp.Message == nil:
-		return domain.Event{}, wrapLookup(jetstream.ErrInvalidJetStreamResponse, what)
+		return storedEvent{}, wrapLookup(jetstream.ErrInvalidJetStreamResponse, what)
 	}
-	e, err := domain.DecodeEvent(resp.Message.Data)
+	m := resp.Message
+	e, err := domain.DecodeEvent(m.Data)
 	if err != nil {
-		return e, fmt.Errorf("event at sequence %d: %w", resp.Message.Sequence, err)
+		return storedEvent{}, fmt.Errorf("event at sequence %d: %w", m.Sequence, err)
 	}
-	e.Seq = resp.Message.Sequence
-	return e, nil
+	e.Seq = m.Sequence
+	stored := storedEvent{Event: e}
+	if len(m.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(m.Header)
+		if err != nil {
+			return storedEvent{}, fmt.Errorf("event at sequence %d: headers: %w", m.Sequence, err)
+		}
+		if h.Get(PositionHeader) != "" {
+			pos, err := positionOf(m.Sequence, h)
+			if err != nil {
+				return storedEvent{}, err
+			}
+			stored.tip, stored.hasTip = Tip{Seq: m.Sequence, Position: pos, Hash: e.Hash}, true
+		}
+	}
+	return stored, nil
 }

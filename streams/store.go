@@ -2,7 +2,6 @@ package streams
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -21,10 +20,10 @@ import (
 // resulting event with an expectation on that state:
 //
 //   - A conversation's events form a hash chain (domain.Chain), and every append to a conversation
-//     expects the conversation's last sequence (over all its subjects) to be unchanged. So the
-//     chain stays linear, and a removal that races a send, an edit or a delete makes it fail and
-//     be decided again (guarantee 3). A conversation's state is the last event on its meta
-//     subject.
+//     expects the conversation's last sequence to be unchanged (over the subjects of its current
+//     epoch: see Layout). So the chain stays linear, and a removal that races a send, an edit or
+//     a delete makes it fail and be decided again (guarantee 3). A conversation's state is the
+//     last event on its meta subjects.
 //   - A message has its own subject, named after its id, which is derived from the sender's
 //     client_msg_id. A retried send finds the first event on that subject, at any later time;
 //     concurrent retries are caught by Nats-Msg-Id (guarantee 4).
@@ -37,6 +36,7 @@ import (
 type Store struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
+	layout Layout
 	limits domain.Limits
 	now    func() time.Time
 	// Metrics, when set, counts appends.
@@ -45,6 +45,9 @@ type Store struct {
 	// convs caches conversation state by id. A stale entry is harmless: appends carry the
 	// sequence the decision was based on, and a refused append or decision reloads the state.
 	convs *lru.Cache[string, cachedConversation]
+	// epochs remembers each conversation's latest known epoch, where a fresh read of its tip
+	// starts looking; epochs only grow, so a stale entry only costs a few more reads.
+	epochs *lru.Cache[string, uint64]
 	// users remembers users known to exist; users are never deleted, so it never goes stale.
 	users *lru.Cache[string, struct{}]
 	// locks serialise the appends of one conversation within this node (striped by id).
@@ -54,10 +57,9 @@ type Store struct {
 }
 
 type cachedConversation struct {
-	conv    domain.Conversation
-	seq     uint64 // stream sequence of the meta event the state comes from
-	tip     uint64 // stream sequence of the conversation's last event, of any kind
-	tipHash string // its hash: the next event's Prev
+	conv domain.Conversation
+	seq  uint64 // stream sequence of the meta event the state comes from
+	tip  Tip    // the conversation's last event, of any kind
 }
 
 // lock serialises appends to one conversation on this node and returns the unlock. It gives up
@@ -91,16 +93,21 @@ func backOff(ctx context.Context, attempt int) error {
 	}
 }
 
-// NewStore returns a Store appending to stream.
-func NewStore(js jetstream.JetStream, stream jetstream.Stream, limits domain.Limits) *Store {
+// NewStore returns a Store appending to stream, which Setup created.
+func NewStore(js jetstream.JetStream, stream jetstream.Stream, limits domain.Limits) (*Store, error) {
+	layout, err := LayoutOf(stream)
+	if err != nil {
+		return nil, err
+	}
 	convs, _ := lru.New[string, cachedConversation](100_000) // only errs on size <= 0
+	epochs, _ := lru.New[string, uint64](100_000)
 	users, _ := lru.New[string, struct{}](100_000)
-	s := &Store{js: js, stream: stream, limits: limits, now: time.Now, convs: convs, users: users,
+	s := &Store{js: js, stream: stream, layout: layout, limits: limits, now: time.Now, convs: convs, epochs: epochs, users: users,
 		getSubject: jetstream.DefaultAPIPrefix + "STREAM.MSG.GET." + stream.CachedInfo().Config.Name}
 	for i := range s.locks {
 		s.locks[i] = make(chan struct{}, 1)
 	}
-	return s
+	return s, nil
 }
 
 // Limits returns the limits the store decides with.
@@ -133,7 +140,7 @@ func (s *Store) ProvisionUser(ctx context.Context, id, displayName string) (u do
 			return *cur, false, curSeq, nil
 		}
 		domain.Chain(e, current.Hash)
-		ack, err := s.append(ctx, *e, jetstream.WithExpectLastSequencePerSubject(curSeq))
+		ack, err := s.append(ctx, *e, 0, jetstream.WithExpectLastSequencePerSubject(curSeq))
 		if isConflict(err) {
 			if err := backOff(ctx, attempt); err != nil {
 				return domain.User{}, false, 0, err
@@ -208,9 +215,10 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 	}
 	// Expecting an empty conversation makes creation atomic: of two concurrent requests for the
 	// same direct conversation exactly one appends, and the other finds its result.
+	pos, filter, expect := s.layout.next(c.ID, Tip{})
 	domain.Chain(&e, "")
 	for attempt := range maxAttempts {
-		ack, err := s.append(ctx, e, jetstream.WithExpectLastSequenceForSubject(0, ConversationSubjects(c.ID)))
+		ack, err := s.append(ctx, e, pos, jetstream.WithExpectLastSequenceForSubject(expect, filter))
 		if isConflict(err) {
 			existing, seq, err := s.Conversation(ctx, c.ID)
 			if domain.ErrorCode(err) == domain.CodeNotFound {
@@ -229,7 +237,7 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 		if err != nil {
 			return c, false, 0, err
 		}
-		s.convs.Add(c.ID, cachedConversation{conv: c, seq: ack.Sequence, tip: ack.Sequence, tipHash: e.Hash})
+		s.convs.Add(c.ID, cachedConversation{conv: c, seq: ack.Sequence, tip: Tip{Seq: ack.Sequence, Position: pos, Hash: e.Hash}})
 		return c, true, ack.Sequence, nil
 	}
 	return c, false, 0, errBusy("conversation " + c.ID)
@@ -255,16 +263,16 @@ func (s *Store) conversation(ctx context.Context, id string, fresh bool) (cached
 	}
 	// The tip first: whatever is read after it is at least as new, and an append expecting it
 	// fails if anything changed since.
-	tip, tipSeq, err := s.lastEvent(ctx, ConversationSubjects(id))
+	tip, err := s.readTip(ctx, id)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return cachedConversation{}, domain.Errorf(domain.CodeNotFound, "conversation not found")
 	}
 	if err != nil {
 		return cachedConversation{}, err
 	}
-	meta, metaSeq := tip, tipSeq
-	if !isConversationEvent(tip.Type) {
-		if meta, metaSeq, err = s.lastEvent(ctx, metaSubject(id)); err != nil {
+	meta := tip.Event
+	if !isConversationEvent(meta.Type) {
+		if meta, _, err = s.lastEvent(ctx, metaSubjects(id)); err != nil {
 			return cachedConversation{}, err
 		}
 	}
@@ -272,9 +280,58 @@ func (s *Store) conversation(ctx context.Context, id string, fresh bool) (cached
 	if err != nil {
 		return cachedConversation{}, err
 	}
-	c := cachedConversation{conv: conv, seq: metaSeq, tip: tipSeq, tipHash: tip.Hash}
+	c := cachedConversation{conv: conv, seq: meta.Seq, tip: tip.tip}
 	s.convs.Add(id, c)
 	return c, nil
+}
+
+// readTip reads a conversation's last event from the leader: the last event of its latest epoch.
+// Epochs are filled in order, so it gallops forward from the latest epoch it knew of and then
+// bisects, each step matching one epoch's subjects only.
+func (s *Store) readTip(ctx context.Context, conv string) (storedEvent, error) {
+	known, _ := s.epochs.Get(conv)
+	last, err := s.lastInEpoch(ctx, conv, known)
+	if errors.Is(err, jetstream.ErrMsgNotFound) && known > 0 {
+		known = 0 // a stream replaced under us: look from the start
+		last, err = s.lastInEpoch(ctx, conv, known)
+	}
+	if err != nil {
+		return storedEvent{}, err
+	}
+	// Invariant: epoch lo exists and last is its last event; epoch hi does not exist.
+	lo, hi := known, known+1
+	for step := uint64(1); ; step *= 2 {
+		next, err := s.lastInEpoch(ctx, conv, hi)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return storedEvent{}, err
+		}
+		lo, last, hi = hi, next, hi+step
+	}
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		next, err := s.lastInEpoch(ctx, conv, mid)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			hi = mid
+		case err != nil:
+			return storedEvent{}, err
+		default:
+			lo, last = mid, next
+		}
+	}
+	s.epochs.Add(conv, lo)
+	return last, nil
+}
+
+func (s *Store) lastInEpoch(ctx context.Context, conv string, epoch uint64) (storedEvent, error) {
+	e, err := s.readLeader(ctx, msgGetRequest{LastFor: epochSubjects(conv, epoch)})
+	if err == nil && !e.hasTip {
+		err = fmt.Errorf("event at sequence %d has no %s header", e.Seq, PositionHeader)
+	}
+	return e, err
 }
 
 // isConversationEvent reports whether events of type typ carry the conversation's state (and
@@ -314,8 +371,9 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh b
 			}
 			return nil, c.seq, nil
 		}
-		domain.Chain(e, c.tipHash)
-		ack, err := s.append(ctx, *e, append(opts, jetstream.WithExpectLastSequenceForSubject(c.tip, ConversationSubjects(convID)))...)
+		pos, filter, expect := s.layout.next(convID, c.tip)
+		domain.Chain(e, c.tip.Hash)
+		ack, err := s.append(ctx, *e, pos, append(opts, jetstream.WithExpectLastSequenceForSubject(expect, filter))...)
 		if isConflict(err) {
 			s.convs.Remove(convID)
 			fresh = true
@@ -333,7 +391,7 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh b
 			s.convs.Remove(convID)
 			return e, ack.Sequence, errDuplicate
 		}
-		c.tip, c.tipHash = ack.Sequence, e.Hash
+		c.tip = Tip{Seq: ack.Sequence, Position: pos, Hash: e.Hash}
 		if isConversationEvent(e.Type) {
 			if after, err := domain.ConversationOf(*e); err == nil {
 				c.conv, c.seq = after, ack.Sequence
@@ -450,8 +508,8 @@ func (s *Store) Message(ctx context.Context, msgID string) (domain.Message, uint
 	if err != nil {
 		return first, 0, err
 	}
-	subject, _ := messageSubject(msgID)
-	last, lastSeq, err := s.lastEvent(ctx, subject)
+	subjects, _ := messageSubjects(msgID)
+	last, lastSeq, err := s.lastEvent(ctx, subjects)
 	if err != nil {
 		return first, 0, err
 	}
@@ -520,7 +578,7 @@ func (s *Store) MarkRead(ctx context.Context, actor, convID string, seq uint64) 
 // lags by a few appends can only miss a message sent moments ago, and JetStream's duplicate
 // window (Nats-Msg-Id) catches a retry of that one.
 func (s *Store) messageSeen(ctx context.Context, msgID string) (bool, error) {
-	subject, err := messageSubject(msgID)
+	subject, err := messageSubjects(msgID)
 	if err != nil {
 		return false, err
 	}
@@ -535,7 +593,7 @@ func (s *Store) messageSeen(ctx context.Context, msgID string) (bool, error) {
 }
 
 func (s *Store) firstMessageEvent(ctx context.Context, msgID string) (domain.Message, error) {
-	subject, err := messageSubject(msgID)
+	subject, err := messageSubjects(msgID)
 	if err != nil {
 		return domain.Message{}, err
 	}
@@ -543,16 +601,17 @@ func (s *Store) firstMessageEvent(ctx context.Context, msgID string) (domain.Mes
 	if err != nil {
 		return domain.Message{}, err
 	}
-	return domain.MessageOf(e)
+	return domain.MessageOf(e.Event)
 }
 
 func (s *Store) lastEvent(ctx context.Context, subject string) (domain.Event, uint64, error) {
 	e, err := s.readLeader(ctx, msgGetRequest{LastFor: subject})
-	return e, e.Seq, err
+	return e.Event, e.Seq, err
 }
 
 func (s *Store) eventAt(ctx context.Context, seq uint64) (domain.Event, error) {
-	return s.readLeader(ctx, msgGetRequest{Seq: seq})
+	e, err := s.readLeader(ctx, msgGetRequest{Seq: seq})
+	return e.Event, err
 }
 
 // wrapLookup keeps ErrMsgNotFound recognisable and turns every other failure into
@@ -564,16 +623,13 @@ func wrapLookup(err error, what string) error {
 	return domain.Unavailable("the event stream is unavailable", fmt.Errorf("read %s: %w", what, err))
 }
 
-// append publishes e to its subject and waits for the stream's acknowledgement: only then is
-// the event durable and the API may answer 2xx (guarantee 1).
-func (s *Store) append(ctx context.Context, e domain.Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	subject, err := Subject(e)
+// append publishes e, at position pos of its conversation, to its subject and waits for the
+// stream's acknowledgement: only then is the event durable and the API may answer 2xx
+// (guarantee 1).
+func (s *Store) append(ctx context.Context, e domain.Event, pos uint64, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	m, err := s.layout.msg(e, pos)
 	if err != nil {
 		return nil, err
-	}
-	data, err := json.Marshal(e)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s event: %w", e.Type, err)
 	}
 	opts = append([]jetstream.PublishOpt{
 		jetstream.WithMsgID(e.ID),
@@ -584,13 +640,13 @@ func (s *Store) append(ctx context.Context, e domain.Event, opts ...jetstream.Pu
 		jetstream.WithRetryWait(100 * time.Millisecond),
 		jetstream.WithRetryAttempts(20),
 	}, opts...)
-	ack, err := s.js.Publish(ctx, subject, data, opts...)
+	ack, err := s.js.PublishMsg(ctx, m, opts...)
 	s.Metrics.Append(e.Type, isConflict(err), err)
 	if err != nil {
 		if isConflict(err) {
 			return nil, err
 		}
-		return nil, domain.Unavailable("the event stream is unavailable", fmt.Errorf("append %s to %s: %w", e.Type, subject, err))
+		return nil, domain.Unavailable("the event stream is unavailable", fmt.Errorf("append %s to %s: %w", e.Type, m.Subject, err))
 	}
 	return ack, nil
 }

@@ -28,10 +28,19 @@ type node struct {
 	store  *streams.Store
 }
 
+func newStore(t *testing.T, js jetstream.JetStream, st jetstream.Stream) *streams.Store {
+	t.Helper()
+	store, err := streams.NewStore(js, st, domain.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 func newNode(t *testing.T, s *server.Server, cfg streams.Config) node {
 	t.Helper()
 	js, st := natstest.Stream(t, natstest.Connect(t, s), cfg)
-	return node{js: js, stream: st, store: streams.NewStore(js, st, domain.DefaultLimits)}
+	return node{js: js, stream: st, store: newStore(t, js, st)}
 }
 
 // setupReplicated sets the stream up with three replicas on servers and waits until every server
@@ -46,7 +55,7 @@ func setupReplicated(t *testing.T, ctx context.Context, servers []*server.Server
 	// unanswered (a meta leader change): ask again rather than wait it out.
 	for {
 		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := streams.Setup(attempt, first, streams.Config{Replicas: 3})
+		st, err := streams.Setup(attempt, first, streams.Config{Replicas: 3, EpochSize: natstest.TestEpochSize})
 		cancel()
 		if err == nil {
 			natstest.AwaitStream(t, servers, streams.StreamName)
@@ -258,7 +267,7 @@ func TestIdempotentBeyondDuplicateWindow(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	fresh := streams.NewStore(n.js, n.stream, domain.DefaultLimits) // no caches
+	fresh := newStore(t, n.js, n.stream) // no caches
 	assertRetry(t, fresh, m)
 	if got := count(events(t, n.stream), domain.TypeMessageCreated); got != 1 {
 		t.Fatalf("%d messages in the stream, want 1", got)

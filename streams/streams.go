@@ -4,21 +4,28 @@
 //
 // Subjects of the stream (conversation and user ids are subject-safe by construction):
 //
-//	chat.evt.user.<user>                 user.created, user.updated
-//	chat.evt.conv.<conv>.meta            conversation.created, member.joined, member.left
-//	chat.evt.conv.<conv>.msg.<local>     message.created, .edited, .deleted of one message
-//	chat.evt.conv.<conv>.read.<user>     read.updated
+//	chat.evt.user.<user>                         user.created, user.updated
+//	chat.evt.conv.<conv>.<epoch>.meta            conversation.created, member.joined, member.left
+//	chat.evt.conv.<conv>.<epoch>.msg.<local>     message.created, .edited, .deleted of one message
+//	chat.evt.conv.<conv>.<epoch>.read.<user>     read.updated
+//
+// A conversation's events are numbered by their position in its chain (0 for
+// conversation.created, carried in the Chat-Position header), and its epoch k holds positions
+// k·EpochSize to (k+1)·EpochSize-1 (see Layout).
 //
 // Push subjects (chat.push.<user>) are plain core NATS, outside the stream.
 package streams
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -40,6 +47,10 @@ type Config struct {
 	// only grow. JetStream never lets a stream take this back, so once set it stays set, even if
 	// a later start asks without it.
 	DenyDelete bool
+	// EpochSize is how many events of a conversation share one epoch of subjects (see Layout):
+	// DefaultEpochSize when zero. It is fixed when the stream is created and kept in the
+	// stream's metadata; a later start cannot change it.
+	EpochSize uint64
 }
 
 // Setup creates the stream, or updates it to cfg, and returns it.
@@ -50,8 +61,18 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 	if cfg.DuplicateWindow <= 0 {
 		cfg.DuplicateWindow = 2 * time.Minute
 	}
-	if existing, err := js.Stream(ctx, StreamName); err == nil && existing.CachedInfo().Config.DenyDelete {
-		cfg.DenyDelete = true
+	if existing, err := js.Stream(ctx, StreamName); err == nil {
+		info := existing.CachedInfo()
+		cfg.DenyDelete = cfg.DenyDelete || info.Config.DenyDelete
+		switch l, err := layoutOf(info.Config); {
+		case err == nil:
+			cfg.EpochSize = l.EpochSize
+		case info.State.Msgs > 0:
+			return nil, err
+		}
+	}
+	if cfg.EpochSize == 0 {
+		cfg.EpochSize = DefaultEpochSize
 	}
 	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamName,
@@ -64,6 +85,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 		AllowDirect: true, // state lookups by subject are direct gets, served by any replica
 		DenyDelete:  cfg.DenyDelete,
 		DenyPurge:   cfg.DenyDelete,
+		Metadata:    map[string]string{metaLayout: layoutVersion, metaEpochSize: strconv.FormatUint(cfg.EpochSize, 10)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", StreamName, err)
@@ -90,8 +112,58 @@ func awaitLeader(ctx context.Context, s jetstream.Stream) error {
 	}
 }
 
-// Subject returns the stream subject that e is appended to.
-func Subject(e domain.Event) (string, error) {
+// DefaultEpochSize is the epoch size of a new stream (see Layout).
+const DefaultEpochSize = 1024
+
+// PositionHeader carries a conversation event's position in its conversation's chain.
+const PositionHeader = "Chat-Position"
+
+// The stream's metadata names its subject layout, so that a chatd never appends in one layout to
+// a stream written in another.
+const (
+	metaLayout    = "chatd_layout"
+	metaEpochSize = "chatd_epoch_size"
+	layoutVersion = "2"
+)
+
+// Layout says on which subject each event is stored.
+//
+// Every append to a conversation expects the conversation's last sequence to be unchanged: that
+// keeps its hash chain linear and makes each decision atomic with its append (guarantee 3). The
+// server finds that sequence by matching every subject under the expectation's filter, and a
+// message has a subject of its own (a retried send finds the original by it), so a filter over
+// the whole conversation costs time in proportion to its history. Epochs bound it: the append at
+// position p goes to epoch p/EpochSize and expects the last sequence over that epoch only (0
+// when p starts the epoch). Epochs are filled in order and each holds exactly EpochSize
+// positions, so an append decided on a stale tip still fails: if the tip it knows ends a full
+// epoch, the next epoch is no longer empty; otherwise its own epoch has moved on. Lookups of one
+// message or of the conversation's state match one subject per epoch instead.
+type Layout struct {
+	EpochSize uint64
+}
+
+// LayoutOf returns the layout of a stream that Setup created.
+func LayoutOf(stream jetstream.Stream) (Layout, error) {
+	return layoutOf(stream.CachedInfo().Config)
+}
+
+func layoutOf(cfg jetstream.StreamConfig) (Layout, error) {
+	if v := cfg.Metadata[metaLayout]; v != layoutVersion {
+		return Layout{}, fmt.Errorf("stream %s holds events in subject layout %q, this chatd writes layout %s: "+
+			"it was written by a development build before layout 2 (no release used it); start on an empty data directory or stream",
+			cfg.Name, v, layoutVersion)
+	}
+	size, err := strconv.ParseUint(cfg.Metadata[metaEpochSize], 10, 64)
+	if err != nil || size == 0 {
+		return Layout{}, fmt.Errorf("stream %s: bad %s %q in its metadata", cfg.Name, metaEpochSize, cfg.Metadata[metaEpochSize])
+	}
+	return Layout{EpochSize: size}, nil
+}
+
+// Subject returns the stream subject of e when it is at position pos of its conversation (pos
+// is ignored for user events).
+func (l Layout) Subject(e domain.Event, pos uint64) (string, error) {
+	conv := "chat.evt.conv." + e.ConversationID + "." + strconv.FormatUint(pos/l.EpochSize, 10)
 	switch e.Type {
 	case domain.TypeUserCreated, domain.TypeUserUpdated:
 		d, err := domain.DecodeData[domain.UserData](e)
@@ -100,36 +172,129 @@ func Subject(e domain.Event) (string, error) {
 		}
 		return userSubject(d.UserID), nil
 	case domain.TypeConversationCreated, domain.TypeMemberJoined, domain.TypeMemberLeft:
-		return metaSubject(e.ConversationID), nil
+		return conv + ".meta", nil
 	case domain.TypeMessageCreated, domain.TypeMessageEdited, domain.TypeMessageDeleted:
 		d, err := domain.DecodeData[domain.MessageData](e)
 		if err != nil {
 			return "", err
 		}
-		return messageSubject(d.MessageID)
+		c, local, err := domain.SplitMessageID(d.MessageID)
+		if err != nil {
+			return "", err
+		}
+		if c != e.ConversationID {
+			return "", fmt.Errorf("message %s is not in conversation %s", d.MessageID, e.ConversationID)
+		}
+		return conv + ".msg." + local, nil
 	case domain.TypeReadUpdated:
 		d, err := domain.DecodeData[domain.ReadData](e)
 		if err != nil {
 			return "", err
 		}
-		return "chat.evt.conv." + e.ConversationID + ".read." + d.UserID, nil
+		return conv + ".read." + d.UserID, nil
 	}
 	return "", fmt.Errorf("no subject for event type %q", e.Type)
 }
 
-func userSubject(user string) string { return "chat.evt.user." + user }
+// Tip is the last event of a conversation's chain: what its next event links to and expects.
+// The zero Tip is an empty conversation.
+type Tip struct {
+	Seq      uint64 // stream sequence (0 while unknown: see Layout.Chain)
+	Position uint64
+	Hash     string // empty only for an empty conversation
+}
 
-func metaSubject(conv string) string { return "chat.evt.conv." + conv + ".meta" }
+// next returns the position of the event after tip, and the expectation that keeps the chain
+// linear: the last sequence over the subjects of that position's epoch.
+func (l Layout) next(conv string, tip Tip) (pos uint64, filter string, expect uint64) {
+	if tip.Hash == "" {
+		return 0, epochSubjects(conv, 0), 0
+	}
+	pos = tip.Position + 1
+	if pos/l.EpochSize == tip.Position/l.EpochSize {
+		expect = tip.Seq
+	}
+	return pos, epochSubjects(conv, pos/l.EpochSize), expect
+}
+
+// Chain links e to tip and returns the message that appends it (without expectations), and
+// the tip it makes once appended (its Seq is unknown until then: 0). It is how tools and tests
+// write events straight into the stream; the Store appends through the same path.
+func (l Layout) Chain(e *domain.Event, tip Tip) (*nats.Msg, Tip, error) {
+	pos, _, _ := l.next(e.ConversationID, tip)
+	domain.Chain(e, tip.Hash)
+	m, err := l.msg(*e, pos)
+	return m, Tip{Position: pos, Hash: e.Hash}, err
+}
+
+// msg encodes e as the stream message at position pos.
+func (l Layout) msg(e domain.Event, pos uint64) (*nats.Msg, error) {
+	subject, err := l.Subject(e, pos)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s event: %w", e.Type, err)
+	}
+	m := nats.NewMsg(subject)
+	m.Data = data
+	if e.ConversationID != "" {
+		m.Header.Set(PositionHeader, strconv.FormatUint(pos, 10))
+	}
+	return m, nil
+}
+
+// ReadTip returns a conversation's tip from any replica. It matches every subject of the
+// conversation, so it is for tools and tests, not for the send path.
+func ReadTip(ctx context.Context, stream jetstream.Stream, conv string) (Tip, error) {
+	m, err := stream.GetLastMsgForSubject(ctx, ConversationSubjects(conv))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Tip{}, nil
+	}
+	if err != nil {
+		return Tip{}, err
+	}
+	pos, err := positionOf(m.Sequence, m.Header)
+	if err != nil {
+		return Tip{}, err
+	}
+	var e struct{ Hash string }
+	if err := json.Unmarshal(m.Data, &e); err != nil {
+		return Tip{}, fmt.Errorf("event at sequence %d: %w", m.Sequence, err)
+	}
+	return Tip{Seq: m.Sequence, Position: pos, Hash: e.Hash}, nil
+}
+
+// positionOf reads a stored conversation event's position.
+func positionOf(seq uint64, h nats.Header) (uint64, error) {
+	pos, err := strconv.ParseUint(h.Get(PositionHeader), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("event at sequence %d has no valid %s header", seq, PositionHeader)
+	}
+	return pos, nil
+}
+
+func userSubject(user string) string { return "chat.evt.user." + user }
 
 // ConversationSubjects covers every event of a conversation: its chain (see domain.Chain).
 func ConversationSubjects(conv string) string { return "chat.evt.conv." + conv + ".>" }
 
-func messageSubject(messageID string) (string, error) {
+// epochSubjects covers the events of one epoch of a conversation.
+func epochSubjects(conv string, epoch uint64) string {
+	return "chat.evt.conv." + conv + "." + strconv.FormatUint(epoch, 10) + ".>"
+}
+
+// metaSubjects covers a conversation's state changes, one subject per epoch.
+func metaSubjects(conv string) string { return "chat.evt.conv." + conv + ".*.meta" }
+
+// messageSubjects covers the events of one message, one subject per epoch it changed in.
+func messageSubjects(messageID string) (string, error) {
 	conv, local, err := domain.SplitMessageID(messageID)
 	if err != nil {
 		return "", err
 	}
-	return "chat.evt.conv." + conv + ".msg." + local, nil
+	return "chat.evt.conv." + conv + ".*.msg." + local, nil
 }
 
 // PushSubject is the core NATS subject on which the user's pushes are published.

@@ -96,7 +96,10 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 
 	registry := prometheus.NewRegistry()
 	m := metrics.New(registry)
-	store := streams.NewStore(js, stream, cfg.Limits)
+	store, err := streams.NewStore(js, stream, cfg.Limits)
+	if err != nil {
+		return err
+	}
 	store.Metrics = m
 	projector := projections.NewProjector(pool, stream, log)
 	projector.Publish = projections.PublishPush(natsConn)

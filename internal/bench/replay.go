@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -150,17 +149,15 @@ func replaySetup(ctx context.Context, c *client, cfg ReplayConfig) (admin string
 // generate publishes the message events, round robin over the conversations, each chained to
 // its conversation's previous event. Nothing else may write to these conversations meanwhile.
 func generate(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, cfg ReplayConfig, convs []string, progress func(string, uint64, uint64)) error {
-	tips := make([]string, len(convs))
+	layout, err := streams.LayoutOf(stream)
+	if err != nil {
+		return err
+	}
+	tips := make([]streams.Tip, len(convs))
 	for i, conv := range convs {
-		last, err := stream.GetLastMsgForSubject(ctx, streams.ConversationSubjects(conv))
-		if err != nil {
+		if tips[i], err = streams.ReadTip(ctx, stream, conv); err != nil {
 			return fmt.Errorf("tip of %s: %w", conv, err)
 		}
-		var e struct{ Hash string }
-		if err := json.Unmarshal(last.Data, &e); err != nil {
-			return err
-		}
-		tips[i] = e.Hash
 	}
 	var pending []jetstream.PubAckFuture
 	body := strings.Repeat("x", max(1, cfg.BodyBytes))
@@ -174,17 +171,11 @@ func generate(ctx context.Context, js jetstream.JetStream, stream jetstream.Stre
 		if err != nil {
 			return err
 		}
-		domain.Chain(&e, tips[i])
-		tips[i] = e.Hash
-		subject, err := streams.Subject(e)
-		if err != nil {
+		var m *nats.Msg
+		if m, tips[i], err = layout.Chain(&e, tips[i]); err != nil {
 			return err
 		}
-		data, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
-		f, err := js.PublishAsync(subject, data, jetstream.WithExpectStream(streams.StreamName))
+		f, err := js.PublishMsgAsync(m, jetstream.WithExpectStream(streams.StreamName))
 		if err != nil {
 			return err
 		}

@@ -49,9 +49,16 @@ func Connect(tb testing.TB, s *server.Server) *nats.Conn {
 	return nc
 }
 
+// TestEpochSize is the epoch size of the streams tests set up (unless they ask for another):
+// small, so that conversations in tests cross epochs all the time (see streams.Layout).
+const TestEpochSize = 4
+
 // Stream sets up the events stream on nc and returns JetStream and the stream.
 func Stream(tb testing.TB, nc *nats.Conn, cfg streams.Config) (jetstream.JetStream, jetstream.Stream) {
 	tb.Helper()
+	if cfg.EpochSize == 0 {
+		cfg.EpochSize = TestEpochSize
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		tb.Fatalf("jetstream: %v", err)

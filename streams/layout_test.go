@@ -1,0 +1,188 @@
+package streams_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/internal/natstest"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Every event of a conversation carries its position, and lands in the epoch of that position;
+// a store that has cached nothing finds the tip however many epochs the conversation spans.
+func TestEventsLandInTheirPositionsEpoch(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	n := newNode(t, s, streams.Config{})
+	provision(t, n.store, "alice", "bob")
+	ctx := ctxT(t)
+	c, _, _, err := n.store.CreateConversation(ctx, "alice", domain.KindGroup, "long", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sends = 11 * natstest.TestEpochSize
+	for i := range sends {
+		fresh := newStore(t, n.js, n.stream) // no cached tip, no known epoch
+		if i%3 == 2 {
+			_, err = fresh.MarkRead(ctx, "bob", c.ID, 1)
+		} else {
+			_, _, err = fresh.SendMessage(ctx, "alice", c.ID, strconv.Itoa(i), "hi")
+		}
+		if err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+
+	checkChain(t, n.stream, c.ID, 1+sends)
+}
+
+// Events written straight into the stream with Layout.Chain (as the load and replay tools do)
+// continue the conversation's chain, and the store appends after them.
+func TestChainedWritesContinueTheChain(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	n := newNode(t, s, streams.Config{})
+	m := directWithMessage(t, n, "first")
+	c, _, err := n.store.Conversation(ctxT(t), m.ConversationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout, err := streams.LayoutOf(n.stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tip, err := streams.ReadTip(ctxT(t), n.stream, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const written = 3*natstest.TestEpochSize + 1
+	for i := range written {
+		e, err := domain.SendMessage(c, "bob", "direct"+strconv.Itoa(i), "hi", domain.DefaultLimits, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msg *nats.Msg
+		if msg, tip, err = layout.Chain(&e, tip); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.js.PublishMsg(ctxT(t), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The store's cached tip is behind: its append is refused, and it finds the new tip.
+	if _, _, err := n.store.SendMessage(ctxT(t), "alice", c.ID, "after", "hi"); err != nil {
+		t.Fatal(err)
+	}
+	checkChain(t, n.stream, c.ID, 2+written+1)
+}
+
+// checkChain checks that the conversation's chain is whole and holds events events, each
+// carrying its position and stored in that position's epoch.
+func checkChain(t *testing.T, st jetstream.Stream, conv string, events int) {
+	t.Helper()
+	res, problems := verify(t, st, conv)
+	if len(problems) != 0 || res.Events != events {
+		t.Fatalf("%+v %v", res, problems)
+	}
+	ctx := ctxT(t)
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := 0
+	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(m.Subject, "chat.evt.conv."+conv+".") {
+			continue
+		}
+		if got := m.Header.Get(streams.PositionHeader); got != strconv.Itoa(pos) {
+			t.Fatalf("seq %d: position %q, want %d", seq, got, pos)
+		}
+		epoch := strings.Split(m.Subject, ".")[4]
+		if want := strconv.Itoa(pos / natstest.TestEpochSize); epoch != want {
+			t.Fatalf("seq %d at position %d is in epoch %s, want %s (%s)", seq, pos, epoch, want, m.Subject)
+		}
+		pos++
+	}
+	if pos != events {
+		t.Fatalf("%d conversation events, want %d", pos, events)
+	}
+}
+
+// A message keeps its identity across epochs: a retry finds it, and its later edits and its
+// deletion, each in the epoch of its time, are what its state is made of.
+func TestMessageStateAcrossEpochs(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	n := newNode(t, s, streams.Config{})
+	ctx := ctxT(t)
+	m := directWithMessage(t, n, "first")
+	sent := 0
+	later := func() {
+		t.Helper()
+		for range 3 * natstest.TestEpochSize {
+			sent++
+			if _, _, err := n.store.SendMessage(ctx, "bob", m.ConversationID, "later"+strconv.Itoa(sent), "hi"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	later()
+	assertRetry(t, newStore(t, n.js, n.stream), m)
+
+	if _, _, err := n.store.EditMessage(ctx, "alice", m.ID, "edited"); err != nil {
+		t.Fatal(err)
+	}
+	later()
+	got, _, err := newStore(t, n.js, n.stream).Message(ctx, m.ID)
+	if err != nil || got.Body != "edited" {
+		t.Fatalf("message after an edit epochs later: %+v, %v", got, err)
+	}
+	if _, _, err := n.store.DeleteMessage(ctx, "alice", m.ID); err != nil {
+		t.Fatal(err)
+	}
+	later()
+	fresh := newStore(t, n.js, n.stream)
+	if _, _, err := fresh.EditMessage(ctx, "alice", m.ID, "back from the dead"); domain.ErrorCode(err) == "" {
+		t.Fatalf("edit of a message deleted epochs ago: %v, want refused", err)
+	}
+	if again, created, err := fresh.SendMessage(ctx, "alice", m.ConversationID, m.ClientMsgID, "again"); err != nil || created || !again.Deleted || again.Body != "" {
+		t.Fatalf("retry of a deleted message: %+v created=%v err=%v", again, created, err)
+	}
+	if got := count(events(t, n.stream), domain.TypeMessageCreated); got != 1+sent {
+		t.Fatalf("%d messages in the stream", got)
+	}
+}
+
+// The epoch size is fixed when the stream is created; a stream in the layout of an older
+// development build is refused, not appended to in another layout.
+func TestSetupKeepsTheLayout(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	nc := natstest.Connect(t, s)
+	_, st := natstest.Stream(t, nc, streams.Config{EpochSize: 8})
+	_, st = natstest.Stream(t, nc, streams.Config{EpochSize: 64})
+	if l, err := streams.LayoutOf(st); err != nil || l.EpochSize != 8 {
+		t.Fatalf("layout after a second setup: %+v, %v; want epoch size 8", l, err)
+	}
+
+	old := natstest.RunServer(t, "")
+	js, err := jetstream.New(natstest.Connect(t, old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: streams.StreamName, Subjects: []string{streams.SubjectRoot}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "chat.evt.conv.x.meta", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := streams.Setup(ctx, js, streams.Config{}); err == nil || !strings.Contains(err.Error(), "layout") {
+		t.Fatalf("setup on a stream in an old layout: %v, want refused", err)
+	}
+}
