@@ -247,14 +247,24 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 // from the cache: callers use it to decide who may see what), and the sequence of the event it
 // comes from. It does not check membership: callers decide.
 func (s *Store) Conversation(ctx context.Context, id string) (domain.Conversation, uint64, error) {
-	c, err := s.conversation(ctx, id, true)
-	return c.conv, c.seq, err
+	if !domain.ValidConversationID(id) {
+		return domain.Conversation{}, 0, errNoConversation
+	}
+	meta, seq, err := s.lastEvent(ctx, metaSubjects(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return domain.Conversation{}, 0, errNoConversation
+	}
+	if err != nil {
+		return domain.Conversation{}, 0, err
+	}
+	c, err := domain.ConversationOf(meta)
+	return c, seq, err
 }
 
 // conversation returns the conversation's state and chain tip, from the cache unless fresh.
 func (s *Store) conversation(ctx context.Context, id string, fresh bool) (cachedConversation, error) {
 	if !domain.ValidConversationID(id) {
-		return cachedConversation{}, domain.Errorf(domain.CodeNotFound, "conversation not found")
+		return cachedConversation{}, errNoConversation
 	}
 	if !fresh {
 		if c, ok := s.convs.Get(id); ok {
@@ -265,7 +275,7 @@ func (s *Store) conversation(ctx context.Context, id string, fresh bool) (cached
 	// fails if anything changed since.
 	tip, err := s.readTip(ctx, id)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return cachedConversation{}, domain.Errorf(domain.CodeNotFound, "conversation not found")
+		return cachedConversation{}, errNoConversation
 	}
 	if err != nil {
 		return cachedConversation{}, err
@@ -403,6 +413,10 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh b
 	return nil, 0, errBusy("conversation " + convID)
 }
 
+// errNoConversation answers for a conversation that does not exist, or that the caller may
+// not know of.
+var errNoConversation = domain.Errorf(domain.CodeNotFound, "conversation not found")
+
 // errDuplicate reports that JetStream recognised an append as a retry (Nats-Msg-Id).
 var errDuplicate = errors.New("duplicate append")
 
@@ -444,7 +458,7 @@ func (s *Store) requireMember(ctx context.Context, convID, actor string) error {
 			return nil
 		}
 	}
-	return domain.Errorf(domain.CodeNotFound, "conversation not found")
+	return errNoConversation
 }
 
 // RemoveMember removes user from a group: a member leaving, or the creator removing them.
@@ -468,7 +482,7 @@ func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, bod
 	}
 	msgID := domain.MessageID(convID, actor, clientMsgID)
 	if !domain.ValidConversationID(convID) {
-		return m, false, domain.Errorf(domain.CodeNotFound, "conversation not found")
+		return m, false, errNoConversation
 	}
 	// A retry at any later time: the message's own subject already holds it. The answer is the
 	// message as it is now (edited or deleted since), never a deleted text.
