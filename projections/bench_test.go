@@ -97,7 +97,7 @@ func startReplayProfile(b *testing.B) (stop func()) {
 //
 //	go test -run '^$' -bench Replay -benchtime 1x -timeout 30m ./projections   (N = 1,000,000)
 //	go test -run '^$' -bench Replay -benchtime 1x -short ./projections         (N = 50,000)
-//	go test -run '^$' -bench Replay -benchtime 1x -replay.events 200000 ./projections
+//	go test ./projections -run '^$' -bench Replay -benchtime 1x -args -replay.events 200000
 func BenchmarkReplay(b *testing.B) {
 	const convs = 1000
 	n := 1_000_000
