@@ -1,6 +1,7 @@
 package streams_test
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -184,5 +185,56 @@ func TestSetupKeepsTheLayout(t *testing.T) {
 	}
 	if _, err := streams.Setup(ctx, js, streams.Config{}); err == nil || !strings.Contains(err.Error(), "layout") {
 		t.Fatalf("setup on a stream in an old layout: %v, want refused", err)
+	}
+}
+
+// An append expects the last sequence of its own epoch only: 0 when it starts the epoch, else
+// the sequence of the conversation's previous event. Expecting it over the whole conversation
+// would pass every other test, at a cost that grows with the conversation's history.
+func TestAppendsExpectOnlyTheirEpoch(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	n := newNode(t, s, streams.Config{})
+	provision(t, n.store, "alice", "bob")
+	published, err := n.js.Conn().SubscribeSync("chat.evt.conv.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.js.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	c, _, _, err := n.store.CreateConversation(ctx, "alice", domain.KindDirect, "", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const events = 3*natstest.TestEpochSize + 2
+	for i := 1; i < events; i++ {
+		if _, _, err := n.store.SendMessage(ctx, "alice", c.ID, strconv.Itoa(i), "hi"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var prevSeq uint64
+	for pos := range events {
+		m, err := published.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("position %d: %v", pos, err)
+		}
+		epoch := pos / natstest.TestEpochSize
+		wantFilter := fmt.Sprintf("chat.evt.conv.%s.%d.>", c.ID, epoch)
+		wantSeq := strconv.FormatUint(prevSeq, 10)
+		if pos%natstest.TestEpochSize == 0 {
+			wantSeq = "0"
+		}
+		if got := m.Header.Get("Nats-Expected-Last-Subject-Sequence-Subject"); got != wantFilter {
+			t.Fatalf("position %d expects over %q, want %q", pos, got, wantFilter)
+		}
+		if got := m.Header.Get("Nats-Expected-Last-Subject-Sequence"); got != wantSeq {
+			t.Fatalf("position %d expects last sequence %s, want %s", pos, got, wantSeq)
+		}
+		stored, err := n.stream.GetLastMsgForSubject(ctx, m.Subject)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prevSeq = stored.Sequence
 	}
 }
