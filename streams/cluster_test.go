@@ -19,7 +19,8 @@ import (
 
 // Guarantee 10 on a cluster: the stream's leader is shut down while sends are under way. Every
 // acknowledged send is in the stream exactly once; a send that failed is either there once or
-// not at all, and retrying it with its client_msg_id settles which without a second copy; and
+// not at all (some are known to be there: stored, but their acknowledgement lost), and retrying
+// it with its client_msg_id settles which without a second copy; and
 // every conversation's hash chain is still one line (an election in the middle of an append
 // forks nothing).
 func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
@@ -68,6 +69,44 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 		acked  = map[string]send{} // message id → send
 		failed []send
 	)
+
+	// Sends that the stream stored but whose acknowledgement never reached the client: written
+	// straight into the stream, as the store would have, and retried below after the leader is
+	// gone. Each must be found, not stored again.
+	layout, err := streams.LayoutOf(n.stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lostAcks = 3
+	for i := range lostAcks {
+		a, b := fmt.Sprintf("lost-a%d", i), fmt.Sprintf("lost-b%d", i)
+		for _, u := range []string{a, b} {
+			if _, _, _, err := n.store.ProvisionUser(ctx, u, u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, _, _, err := n.store.CreateConversation(ctx, a, domain.KindDirect, "", []string{b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := domain.SendMessage(c, a, "unacked", "hello", domain.DefaultLimits, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tip, err := streams.ReadTip(ctx, n.stream, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := layout.Chain(&e, tip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Header.Set(jetstream.MsgIDHeader, domain.MessageID(c.ID, a, "unacked"))
+		if _, err := n.js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		failed = append(failed, send{c.ID, a, "unacked"})
+	}
 	stop := make(chan struct{})
 	var senders sync.WaitGroup
 	for i, conv := range ids {
@@ -126,6 +165,9 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 	}
 
 	t.Logf("%d of the failed sends had been stored: their retries found them", landed)
+	if landed < lostAcks {
+		t.Fatalf("only %d retries found their stored send, want at least the %d whose acknowledgement was lost", landed, lostAcks)
+	}
 
 	// Read the stream back from a surviving server.
 	var out bytes.Buffer
