@@ -47,10 +47,8 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 	// The command side talks to a server that stays up: what is tested is the stream losing its
 	// leader, not the client losing its connection.
 	n := newClusterNode(t, ctx, client)
-	const convs = 6
-	ids := make([]string, convs)
-	for i := range convs {
-		a, b := fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)
+	direct := func(a, b string) domain.Conversation {
+		t.Helper()
 		for _, u := range []string{a, b} {
 			if _, _, _, err := n.store.ProvisionUser(ctx, u, u); err != nil {
 				t.Fatal(err)
@@ -60,7 +58,12 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids[i] = c.ID
+		return c
+	}
+	const convs = 6
+	ids := make([]string, convs)
+	for i := range convs {
+		ids[i] = direct(fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)).ID
 	}
 
 	type send struct{ conv, sender, clientMsgID string }
@@ -79,16 +82,8 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 	}
 	const lostAcks = 3
 	for i := range lostAcks {
-		a, b := fmt.Sprintf("lost-a%d", i), fmt.Sprintf("lost-b%d", i)
-		for _, u := range []string{a, b} {
-			if _, _, _, err := n.store.ProvisionUser(ctx, u, u); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c, _, _, err := n.store.CreateConversation(ctx, a, domain.KindDirect, "", []string{b})
-		if err != nil {
-			t.Fatal(err)
-		}
+		a := fmt.Sprintf("lost-a%d", i)
+		c := direct(a, fmt.Sprintf("lost-b%d", i))
 		e, err := domain.SendMessage(c, a, "unacked", "hello", domain.DefaultLimits, time.Now())
 		if err != nil {
 			t.Fatal(err)
