@@ -40,7 +40,7 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	f.check(err)
 	publish := func(e domain.Event) {
 		t.Helper()
-		tip, err := streams.ReadTip(f.ctx, f.stream, e.ConversationID)
+		tip, err := streams.ReadTip(f.ctx, f.js, e.ConversationID)
 		f.check(err)
 		m, _, err := layout.Chain(&e, tip)
 		f.check(err)

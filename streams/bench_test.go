@@ -72,7 +72,7 @@ func BenchmarkSendMessageHistory(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			tip, err := streams.ReadTip(ctx, st, c.ID)
+			tip, err := streams.ReadTip(ctx, js, c.ID)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -88,7 +88,7 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tip, err := streams.ReadTip(ctx, n.stream, c.ID)
+		tip, err := streams.ReadTip(ctx, n.js, c.ID)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -53,9 +53,31 @@ type storedEvent struct {
 	hasTip bool
 }
 
-// readLeader gets one message from the stream's leader. It answers jetstream.ErrMsgNotFound when
-// there is no such message, and "unavailable" for every other failure.
+// conversationTip returns the tip that a conversation event makes, or why it cannot be one.
+func (e storedEvent) conversationTip() (Tip, error) {
+	switch {
+	case !e.hasTip:
+		return Tip{}, fmt.Errorf("event at sequence %d has no %s header", e.Seq, PositionHeader)
+	case e.Hash == "":
+		return Tip{}, fmt.Errorf("event at sequence %d has no hash: nothing can be chained to it", e.Seq)
+	}
+	return e.tip, nil
+}
+
+// msgGetSubject is the JetStream API subject of reads that the stream's leader answers.
+func msgGetSubject(stream string) string {
+	return jetstream.DefaultAPIPrefix + "STREAM.MSG.GET." + stream
+}
+
+// readLeader gets one message from the stream's leader.
 func (s *Store) readLeader(ctx context.Context, req msgGetRequest) (storedEvent, error) {
+	return readLeader(ctx, s.js.Conn(), s.getSubject, req)
+}
+
+// readLeader gets one message from the leader of the stream whose API subject is getSubject. It
+// answers jetstream.ErrMsgNotFound when there is no such message, and "unavailable" for every
+// other failure.
+func readLeader(ctx context.Context, nc *nats.Conn, getSubject string, req msgGetRequest) (storedEvent, error) {
 	what := req.LastFor + req.NextFor
 	if what == "" {
 		what = fmt.Sprintf("sequence %d", req.Seq)
@@ -69,7 +91,7 @@ func (s *Store) readLeader(ctx context.Context, req msgGetRequest) (storedEvent,
 	if err != nil {
 		return storedEvent{}, err
 	}
-	msg, err := s.js.Conn().RequestWithContext(ctx, s.getSubject, body)
+	msg, err := nc.RequestWithContext(ctx, getSubject, body)
 	if err != nil {
 		return storedEvent{}, wrapLookup(err, what)
 	}

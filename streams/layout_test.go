@@ -55,7 +55,7 @@ func TestChainedWritesContinueTheChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tip, err := streams.ReadTip(ctxT(t), n.stream, c.ID)
+	tip, err := streams.ReadTip(ctxT(t), n.js, c.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,5 +236,42 @@ func TestAppendsExpectOnlyTheirEpoch(t *testing.T) {
 			t.Fatal(err)
 		}
 		prevSeq = stored.Sequence
+	}
+}
+
+// A conversation whose last event carries no hash has no tip to chain to: appends are refused
+// with that reason, not taken for appends to an empty conversation (which would conflict until
+// the store gave up with "changed too often").
+func TestNoChainingToAnEventWithoutHash(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	n := newNode(t, s, streams.Config{})
+	m := directWithMessage(t, n, "first")
+	c, _, err := n.store.Conversation(ctxT(t), m.ConversationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout, err := streams.LayoutOf(n.stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tip, err := streams.ReadTip(ctxT(t), n.js, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := domain.SendMessage(c, "bob", "hashless", "hi", domain.DefaultLimits, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _, err := layout.Chain(&e, tip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg.Data = change(t, msg.Data, false, func(v map[string]any) { delete(v, "hash") })
+	if _, err := n.js.PublishMsg(ctxT(t), msg); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = newStore(t, n.js, n.stream).SendMessage(ctxT(t), "alice", c.ID, "second", "hi")
+	if err == nil || !strings.Contains(err.Error(), "no hash") {
+		t.Fatalf("send after an event without hash: %v, want refused for that reason", err)
 	}
 }

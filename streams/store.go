@@ -103,7 +103,7 @@ func NewStore(js jetstream.JetStream, stream jetstream.Stream, limits domain.Lim
 	epochs, _ := lru.New[string, uint64](100_000)
 	users, _ := lru.New[string, struct{}](100_000)
 	s := &Store{js: js, stream: stream, layout: layout, limits: limits, now: time.Now, convs: convs, epochs: epochs, users: users,
-		getSubject: jetstream.DefaultAPIPrefix + "STREAM.MSG.GET." + stream.CachedInfo().Config.Name}
+		getSubject: msgGetSubject(stream.CachedInfo().Config.Name)}
 	for i := range s.locks {
 		s.locks[i] = make(chan struct{}, 1)
 	}
@@ -338,8 +338,8 @@ func (s *Store) readTip(ctx context.Context, conv string) (storedEvent, error) {
 
 func (s *Store) lastInEpoch(ctx context.Context, conv string, epoch uint64) (storedEvent, error) {
 	e, err := s.readLeader(ctx, msgGetRequest{LastFor: epochSubjects(conv, epoch)})
-	if err == nil && !e.hasTip {
-		err = fmt.Errorf("event at sequence %d has no %s header", e.Seq, PositionHeader)
+	if err == nil {
+		_, err = e.conversationTip()
 	}
 	return e, err
 }

@@ -61,7 +61,13 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 	if cfg.DuplicateWindow <= 0 {
 		cfg.DuplicateWindow = 2 * time.Minute
 	}
-	if existing, err := js.Stream(ctx, StreamName); err == nil {
+	// What an existing stream says (its layout, its deny-delete) must be read, not guessed: on a
+	// failed lookup, writing the defaults over it could change the epoch size under its events.
+	switch existing, err := js.Stream(ctx, StreamName); {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("look up stream %s: %w", StreamName, err)
+	default:
 		info := existing.CachedInfo()
 		cfg.DenyDelete = cfg.DenyDelete || info.Config.DenyDelete
 		switch l, err := layoutOf(info.Config); {
@@ -148,10 +154,15 @@ func LayoutOf(stream jetstream.Stream) (Layout, error) {
 }
 
 func layoutOf(cfg jetstream.StreamConfig) (Layout, error) {
-	if v := cfg.Metadata[metaLayout]; v != layoutVersion {
-		return Layout{}, fmt.Errorf("stream %s holds events in subject layout %q, this chatd writes layout %s: "+
-			"it was written by a development build before layout 2 (no release used it); start on an empty data directory or stream",
-			cfg.Name, v, layoutVersion)
+	switch v := cfg.Metadata[metaLayout]; v {
+	case layoutVersion:
+	case "":
+		return Layout{}, fmt.Errorf("stream %s holds events but its metadata names no subject layout (%s): "+
+			"either a development build before layout %s wrote them (no release did: start on an empty data directory or stream), "+
+			"or the metadata was removed, e.g. by nats stream edit (restore %s=%s and %s as it was, %d unless chosen otherwise)",
+			cfg.Name, metaLayout, layoutVersion, metaLayout, layoutVersion, metaEpochSize, DefaultEpochSize)
+	default:
+		return Layout{}, fmt.Errorf("stream %s is in subject layout %s, this chatd writes layout %s", cfg.Name, v, layoutVersion)
 	}
 	size, err := strconv.ParseUint(cfg.Metadata[metaEpochSize], 10, 64)
 	if err != nil || size == 0 {
@@ -245,25 +256,18 @@ func (l Layout) msg(e domain.Event, pos uint64) (*nats.Msg, error) {
 	return m, nil
 }
 
-// ReadTip returns a conversation's tip from any replica. It matches every subject of the
-// conversation, so it is for tools and tests, not for the send path.
-func ReadTip(ctx context.Context, stream jetstream.Stream, conv string) (Tip, error) {
-	m, err := stream.GetLastMsgForSubject(ctx, ConversationSubjects(conv))
+// ReadTip returns a conversation's tip, read from the stream's leader (a replica that lags
+// could answer with an older tip, and an event chained to it would fork the chain). It matches
+// every subject of the conversation, so it is for tools and tests, not for the send path.
+func ReadTip(ctx context.Context, js jetstream.JetStream, conv string) (Tip, error) {
+	e, err := readLeader(ctx, js.Conn(), msgGetSubject(StreamName), msgGetRequest{LastFor: ConversationSubjects(conv)})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return Tip{}, nil
 	}
 	if err != nil {
 		return Tip{}, err
 	}
-	pos, err := positionOf(m.Sequence, m.Header)
-	if err != nil {
-		return Tip{}, err
-	}
-	var e struct{ Hash string }
-	if err := json.Unmarshal(m.Data, &e); err != nil {
-		return Tip{}, fmt.Errorf("event at sequence %d: %w", m.Sequence, err)
-	}
-	return Tip{Seq: m.Sequence, Position: pos, Hash: e.Hash}, nil
+	return e.conversationTip()
 }
 
 // positionOf reads a stored conversation event's position.

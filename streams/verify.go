@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -42,6 +43,7 @@ type VerifyResult struct {
 type chainTip struct {
 	seq  uint64
 	hash string
+	pos  uint64 // position in a conversation's chain (see Layout)
 }
 
 // Verify checks the hash chains of every conversation and user (or, when conversationID is set,
@@ -52,7 +54,9 @@ type chainTip struct {
 //   - its prev is the hash of the previous event of its chain as stored: no event of the chain
 //     was removed, inserted or reordered before it;
 //   - its body, unless erased, matches its body_sha256;
-//   - its conversation matches its subject.
+//   - its conversation matches its subject;
+//   - a conversation event's position (Chat-Position) follows the previous event's, and its
+//     subject is in that position's epoch (see Layout), unless a link is broken already.
 //
 // Over the whole stream it also reports sequences that are missing (deleted or purged). A chain's
 // last events removed leave no later link to break: only that check sees them.
@@ -68,6 +72,10 @@ func Verify(ctx context.Context, stream jetstream.Stream, conversationID string,
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return res, domain.Unavailable("the event stream is unavailable", fmt.Errorf("stream info: %w", err))
+	}
+	layout, err := layoutOf(info.Config)
+	if err != nil {
+		return res, err
 	}
 	res.LastSeq = info.State.LastSeq
 	if res.LastSeq == 0 {
@@ -91,7 +99,7 @@ func Verify(ctx context.Context, stream jetstream.Stream, conversationID string,
 			}
 		}
 		prevSeq = seq
-		p := checkEvent(seq, m.Subject(), m.Data(), tips)
+		p := checkEvent(seq, m.Subject(), m.Headers().Get(PositionHeader), m.Data(), tips, layout)
 		for _, msg := range p.problems {
 			if err := problem(Problem{Seq: seq, Subject: m.Subject(), Chain: p.chain, EventID: p.eventID, Problem: msg}); err != nil {
 				return false, err
@@ -112,7 +120,7 @@ type checked struct {
 }
 
 // checkEvent checks one stored event against its chain's tip and moves the tip to it.
-func checkEvent(seq uint64, subject string, raw []byte, tips map[string]chainTip) checked {
+func checkEvent(seq uint64, subject, position string, raw []byte, tips map[string]chainTip, layout Layout) checked {
 	var c checked
 	chain, conv := chainOf(subject)
 	if chain == "" {
@@ -146,11 +154,35 @@ func checkEvent(seq uint64, subject string, raw []byte, tips map[string]chainTip
 		c.problems = append(c.problems, fmt.Sprintf("the event was altered: its content hashes to %s, but it says %s", h, e.Hash))
 	}
 	tip, seen := tips[chain]
+	linked := false
 	switch {
 	case !seen && e.Prev != "":
 		c.problems = append(c.problems, fmt.Sprintf("broken link: it is the first event of its chain here, but links to %s (an earlier event was removed)", e.Prev))
 	case seen && e.Prev != tip.hash:
 		c.problems = append(c.problems, fmt.Sprintf("broken link: prev is %s, but the chain's previous event (seq %d) has hash %s (an event between them was removed, or one was inserted)", orNone(e.Prev), tip.seq, tip.hash))
+	default:
+		linked = true
+	}
+	var pos uint64
+	if conv != "" {
+		want := uint64(0)
+		if seen {
+			want = tip.pos + 1
+		}
+		var err error
+		pos, err = strconv.ParseUint(position, 10, 64)
+		epoch, _, _ := strings.Cut(strings.TrimPrefix(subject, "chat.evt.conv."+conv+"."), ".")
+		switch {
+		case err != nil:
+			c.problems = append(c.problems, fmt.Sprintf("no valid %s header (%q)", PositionHeader, position))
+			pos = want
+		case linked && !seen && pos != 0:
+			c.problems = append(c.problems, fmt.Sprintf("it is the first event of its chain, but at position %d", pos))
+		case linked && pos != want:
+			c.problems = append(c.problems, fmt.Sprintf("it is at position %d, but follows the event at position %d (seq %d)", pos, tip.pos, tip.seq))
+		case epoch != strconv.FormatUint(pos/layout.EpochSize, 10):
+			c.problems = append(c.problems, fmt.Sprintf("it is stored in epoch %s, but position %d belongs in epoch %d", epoch, pos, pos/layout.EpochSize))
+		}
 	}
 	if e.Data.Body != nil && (e.Type == domain.TypeMessageCreated || e.Type == domain.TypeMessageEdited) && domain.BodyHash(*e.Data.Body) != e.Data.BodySHA256 {
 		c.problems = append(c.problems, "the message body does not match its body_sha256")
@@ -159,7 +191,7 @@ func checkEvent(seq uint64, subject string, raw []byte, tips map[string]chainTip
 		c.problems = append(c.problems, fmt.Sprintf("the event says conversation %q but is stored under conversation %s", e.ConversationID, conv))
 	}
 	// Later links are judged against what is stored, so one altered event is reported once.
-	tips[chain] = chainTip{seq: seq, hash: e.Hash}
+	tips[chain] = chainTip{seq: seq, hash: e.Hash, pos: pos}
 	return c
 }
 

@@ -3,6 +3,7 @@ package streams_test
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -74,6 +76,16 @@ func verify(t *testing.T, st jetstream.Stream, conv string) (streams.VerifyResul
 // change an event or drop it (nil). It is how the tests tamper with "a copy of the stream".
 func copyStream(t *testing.T, src jetstream.Stream, edit func(seq uint64, subject string, data []byte) []byte) jetstream.Stream {
 	t.Helper()
+	return copyMsgs(t, src, func(seq uint64, m *nats.Msg) bool {
+		m.Data = edit(seq, m.Subject, m.Data)
+		return m.Data != nil
+	})
+}
+
+// copyMsgs is copyStream with the whole message to edit (subject, position header, data); edit
+// returns false to drop it.
+func copyMsgs(t *testing.T, src jetstream.Stream, edit func(seq uint64, m *nats.Msg) bool) jetstream.Stream {
+	t.Helper()
 	ctx := ctxT(t)
 	js, dst := natstest.Stream(t, natstest.Connect(t, natstest.RunServer(t, "")), streams.Config{})
 	info, err := src.Info(ctx)
@@ -85,8 +97,13 @@ func copyStream(t *testing.T, src jetstream.Stream, edit func(seq uint64, subjec
 		if err != nil {
 			t.Fatal(err)
 		}
-		if data := edit(seq, raw.Subject, raw.Data); data != nil {
-			if _, err := js.Publish(ctx, raw.Subject, data); err != nil {
+		m := nats.NewMsg(raw.Subject)
+		m.Data = raw.Data
+		if pos := raw.Header.Get(streams.PositionHeader); pos != "" { // not the expectations
+			m.Header.Set(streams.PositionHeader, pos)
+		}
+		if edit(seq, m) {
+			if _, err := js.PublishMsg(ctx, m); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -187,6 +204,43 @@ func TestVerifyChains(t *testing.T) {
 			if len(problems) != 1 || problems[0].Seq != tc.wantSeq || !strings.Contains(problems[0].Problem, tc.wantText) ||
 				problems[0].Chain != "conversation "+direct.ID {
 				t.Fatalf("problems %v; want one %q at seq %d", problems, tc.wantText, tc.wantSeq)
+			}
+		})
+	}
+
+	// Events whose links are intact but that sit where no append of chatd puts them: a tool
+	// that got the layout wrong, or a forger who moved one.
+	for _, tc := range []struct {
+		name     string
+		edit     func(m *nats.Msg)
+		wantText string
+	}{{
+		name: "wrong position",
+		edit: func(m *nats.Msg) {
+			pos, _ := strconv.Atoi(m.Header.Get(streams.PositionHeader))
+			m.Header.Set(streams.PositionHeader, strconv.Itoa(pos+1))
+		},
+		wantText: "it is at position",
+	}, {
+		name: "wrong epoch",
+		edit: func(m *nats.Msg) {
+			parts := strings.Split(m.Subject, ".")
+			epoch, _ := strconv.Atoi(parts[4])
+			parts[4] = strconv.Itoa(epoch + 7)
+			m.Subject = strings.Join(parts, ".")
+		},
+		wantText: "it is stored in epoch",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cp := copyMsgs(t, n.stream, func(seq uint64, m *nats.Msg) bool {
+				if seq == target.Seq {
+					tc.edit(m)
+				}
+				return true
+			})
+			_, problems := verify(t, cp, "")
+			if len(problems) == 0 || problems[0].Seq != target.Seq || !strings.Contains(problems[0].Problem, tc.wantText) {
+				t.Fatalf("problems %v; want %q at seq %d first", problems, tc.wantText, target.Seq)
 			}
 		})
 	}

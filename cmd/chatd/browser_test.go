@@ -196,7 +196,22 @@ func (p *page) send(text string) {
 // open opens a conversation from the list.
 func (p *page) open(conv string) {
 	p.t.Helper()
-	p.must(chromedp.Click(chromedp.CSS(fmt.Sprintf(`#conversation-list [data-conversation-id="%s"]`, conv))))
+	item := chromedp.CSS(fmt.Sprintf(`#conversation-list [data-conversation-id="%s"]`, conv))
+	// The list is drawn again whenever a push changes it, so the node a click resolved can be
+	// gone by the time it is clicked ("Could not find node with given id"): a person would
+	// click the new one, so resolve it again.
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(p.chat, 20*time.Second)
+		err := chromedp.Do(ctx, chromedp.Click(item))
+		cancel()
+		if err == nil {
+			break
+		}
+		if attempt == 5 || !strings.Contains(err.Error(), "Could not find node with given id") {
+			p.screenshot("failed-" + p.name)
+			p.t.Fatalf("%s: open %s: %v", p.name, conv, err)
+		}
+	}
 	p.waitFor(fmt.Sprintf(`#conversation[data-conversation-id="%s"]`, conv))
 }
 

@@ -155,7 +155,7 @@ func generate(ctx context.Context, js jetstream.JetStream, stream jetstream.Stre
 	}
 	tips := make([]streams.Tip, len(convs))
 	for i, conv := range convs {
-		if tips[i], err = streams.ReadTip(ctx, stream, conv); err != nil {
+		if tips[i], err = streams.ReadTip(ctx, js, conv); err != nil {
 			return fmt.Errorf("tip of %s: %w", conv, err)
 		}
 	}
