@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -23,12 +24,14 @@ type ExportFilter struct {
 }
 
 // Exported is one line of an audit export: the event exactly as stored, with where and when
-// the stream stored it.
+// the stream stored it, and a conversation event's position in its chain (its Chat-Position
+// header, see Layout).
 type Exported struct {
-	Seq     uint64          `json:"seq"`
-	Subject string          `json:"subject"`
-	Stored  time.Time       `json:"stored"`
-	Event   json.RawMessage `json:"event"`
+	Seq      uint64          `json:"seq"`
+	Subject  string          `json:"subject"`
+	Position *uint64         `json:"position,omitempty"`
+	Stored   time.Time       `json:"stored"`
+	Event    json.RawMessage `json:"event"`
 }
 
 // Export writes the events that f selects to w as JSON Lines, in stream order (see scan).
@@ -76,12 +79,16 @@ func Export(ctx context.Context, stream jetstream.Stream, f ExportFilter, w io.W
 				return true, nil
 			}
 		}
-		line, err := json.Marshal(Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: json.RawMessage(m.Data())})
+		out := Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: json.RawMessage(m.Data())}
+		if pos, err := strconv.ParseUint(m.Headers().Get(PositionHeader), 10, 64); err == nil {
+			out.Position = &pos
+		}
+		line, err := json.Marshal(out)
 		if err != nil {
 			// Only an event that is not valid JSON gets here; export it as a string so that
 			// auditors still see exactly what is stored.
-			raw, _ := json.Marshal(string(m.Data()))
-			line, _ = json.Marshal(Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: raw})
+			out.Event, _ = json.Marshal(string(m.Data()))
+			line, _ = json.Marshal(out)
 		}
 		if _, err := bw.Write(append(line, '\n')); err != nil {
 			return false, err

@@ -16,9 +16,10 @@ import (
 )
 
 type exported struct {
-	Seq     uint64 `json:"seq"`
-	Subject string `json:"subject"`
-	Event   struct {
+	Seq      uint64  `json:"seq"`
+	Subject  string  `json:"subject"`
+	Position *uint64 `json:"position"`
+	Event    struct {
 		Type  string         `json:"type"`
 		Actor string         `json:"actor"`
 		Data  map[string]any `json:"data"`
@@ -77,6 +78,16 @@ func TestAuditExport(t *testing.T) {
 	for i := 1; i < len(events); i++ {
 		if events[i].Seq <= events[i-1].Seq {
 			t.Fatalf("not in stream order: %+v", events)
+		}
+	}
+	for i, e := range events { // a conversation's events carry their position in its chain
+		if e.Position == nil || *e.Position != uint64(i) {
+			t.Fatalf("event %d of the conversation exported with position %v", i, e.Position)
+		}
+	}
+	for _, e := range parseExport(t, c.must(200, "GET", "/api/v1/admin/events?type=user.created", admin, nil).raw) {
+		if e.Position != nil {
+			t.Fatalf("a user event exported with a position: %+v", e)
 		}
 	}
 
