@@ -174,14 +174,15 @@ func layoutOf(cfg jetstream.StreamConfig) (Layout, error) {
 // Subject returns the stream subject of e when it is at position pos of its conversation (pos
 // is ignored for user events).
 func (l Layout) Subject(e domain.Event, pos uint64) (string, error) {
-	conv := "chat.evt.conv." + e.ConversationID + "." + strconv.FormatUint(pos/l.EpochSize, 10)
-	switch e.Type {
-	case domain.TypeUserCreated, domain.TypeUserUpdated:
+	if e.Type == domain.TypeUserCreated || e.Type == domain.TypeUserUpdated {
 		d, err := domain.DecodeData[domain.UserData](e)
 		if err != nil {
 			return "", err
 		}
 		return userSubject(d.UserID), nil
+	}
+	conv := "chat.evt.conv." + e.ConversationID + "." + strconv.FormatUint(pos/l.EpochSize, 10)
+	switch e.Type {
 	case domain.TypeConversationCreated, domain.TypeMemberJoined, domain.TypeMemberLeft:
 		return conv + ".meta", nil
 	case domain.TypeMessageCreated, domain.TypeMessageEdited, domain.TypeMessageDeleted:
@@ -230,7 +231,7 @@ func (l Layout) next(conv string, tip Tip) (pos uint64, filter string, expect ui
 
 // Chain links e to tip and returns the message that appends it (without expectations), and
 // the tip it makes once appended (its Seq is unknown until then: 0). It is how tools and tests
-// write events straight into the stream; the Store appends through the same path.
+// write events straight into the stream, with the same next and msg as the Store's appends.
 func (l Layout) Chain(e *domain.Event, tip Tip) (*nats.Msg, Tip, error) {
 	pos, _, _ := l.next(e.ConversationID, tip)
 	domain.Chain(e, tip.Hash)
