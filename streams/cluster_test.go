@@ -76,28 +76,11 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 	// Sends that the stream stored but whose acknowledgement never reached the client: written
 	// straight into the stream, as the store would have, and retried below after the leader is
 	// gone. Each must be found, not stored again.
-	layout, err := streams.LayoutOf(n.stream)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const lostAcks = 3
 	for i := range lostAcks {
 		a := fmt.Sprintf("lost-a%d", i)
 		c := direct(a, fmt.Sprintf("lost-b%d", i))
-		e, err := domain.SendMessage(c, a, "unacked", "hello", domain.DefaultLimits, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		tip, err := streams.ReadTip(ctx, n.js, c.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, _, err := layout.Chain(&e, tip)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Header.Set(jetstream.MsgIDHeader, domain.MessageID(c.ID, a, "unacked"))
-		if _, err := n.js.PublishMsg(ctx, m); err != nil {
+		if _, err := n.js.PublishMsg(ctx, chainedMessage(t, n, c, a, "unacked")); err != nil {
 			t.Fatal(err)
 		}
 		failed = append(failed, send{c.ID, a, "unacked"})

@@ -51,25 +51,9 @@ func TestChainedWritesContinueTheChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layout, err := streams.LayoutOf(n.stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tip, err := streams.ReadTip(ctxT(t), n.js, c.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const written = 3*natstest.TestEpochSize + 1
 	for i := range written {
-		e, err := domain.SendMessage(c, "bob", "direct"+strconv.Itoa(i), "hi", domain.DefaultLimits, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var msg *nats.Msg
-		if msg, tip, err = layout.Chain(&e, tip); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := n.js.PublishMsg(ctxT(t), msg); err != nil {
+		if _, err := n.js.PublishMsg(ctxT(t), chainedMessage(t, n, c, "bob", "direct"+strconv.Itoa(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -250,22 +234,7 @@ func TestNoChainingToAnEventWithoutHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layout, err := streams.LayoutOf(n.stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tip, err := streams.ReadTip(ctxT(t), n.js, c.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := domain.SendMessage(c, "bob", "hashless", "hi", domain.DefaultLimits, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, _, err := layout.Chain(&e, tip)
-	if err != nil {
-		t.Fatal(err)
-	}
+	msg := chainedMessage(t, n, c, "bob", "hashless")
 	msg.Data = change(t, msg.Data, false, func(v map[string]any) { delete(v, "hash") })
 	if _, err := n.js.PublishMsg(ctxT(t), msg); err != nil {
 		t.Fatal(err)
@@ -274,4 +243,29 @@ func TestNoChainingToAnEventWithoutHash(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no hash") {
 		t.Fatalf("send after an event without hash: %v, want refused for that reason", err)
 	}
+}
+
+// chainedMessage returns, unpublished, the message that sender's send of clientMsgID to c would
+// append after the conversation's current tip: what a send whose acknowledgement was lost left
+// in the stream, or what a tool writes.
+func chainedMessage(t *testing.T, n node, c domain.Conversation, sender, clientMsgID string) *nats.Msg {
+	t.Helper()
+	layout, err := streams.LayoutOf(n.stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tip, err := streams.ReadTip(ctxT(t), n.js, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := domain.SendMessage(c, sender, clientMsgID, "hello", domain.DefaultLimits, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := layout.Chain(&e, tip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Header.Set(jetstream.MsgIDHeader, domain.MessageID(c.ID, sender, clientMsgID)) // as the store sets it
+	return m
 }
