@@ -345,7 +345,7 @@ func (s *Store) lastInEpoch(ctx context.Context, conv string, epoch uint64) (sto
 }
 
 // isConversationEvent reports whether events of type typ carry the conversation's state (and
-// are on its meta subject).
+// are on its meta subjects).
 func isConversationEvent(typ string) bool {
 	return typ == domain.TypeConversationCreated || typ == domain.TypeMemberJoined || typ == domain.TypeMemberLeft
 }
@@ -402,6 +402,7 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh b
 			return e, ack.Sequence, errDuplicate
 		}
 		c.tip = Tip{Seq: ack.Sequence, Position: pos, Hash: e.Hash}
+		s.epochs.Add(convID, pos/s.layout.EpochSize) // where a reload after a conflict starts looking
 		if isConversationEvent(e.Type) {
 			if after, err := domain.ConversationOf(*e); err == nil {
 				c.conv, c.seq = after, ack.Sequence
