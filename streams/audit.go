@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -80,7 +79,7 @@ func Export(ctx context.Context, stream jetstream.Stream, f ExportFilter, w io.W
 			}
 		}
 		out := Exported{Seq: seq, Subject: m.Subject(), Stored: meta.Timestamp.UTC(), Event: json.RawMessage(m.Data())}
-		if pos, err := strconv.ParseUint(m.Headers().Get(PositionHeader), 10, 64); err == nil {
+		if pos, err := positionOf(seq, m.Headers()); err == nil {
 			out.Position = &pos
 		}
 		line, err := json.Marshal(out)

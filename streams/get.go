@@ -45,23 +45,23 @@ type msgGetResponse struct {
 // defaultReadTimeout bounds a read whose context has no deadline.
 const defaultReadTimeout = 5 * time.Second
 
-// storedEvent is an event read from the stream, with the tip it made in its conversation when
-// it carries a position (conversation events do).
+// storedEvent is an event read from the stream, with its position in its conversation's chain
+// when it carries one (conversation events do).
 type storedEvent struct {
 	domain.Event
-	tip    Tip
-	hasTip bool
+	pos    uint64
+	hasPos bool
 }
 
 // conversationTip returns the tip that a conversation event makes, or why it cannot be one.
 func (e storedEvent) conversationTip() (Tip, error) {
 	switch {
-	case !e.hasTip:
+	case !e.hasPos:
 		return Tip{}, fmt.Errorf("event at sequence %d has no %s header", e.Seq, PositionHeader)
 	case e.Hash == "":
 		return Tip{}, fmt.Errorf("event at sequence %d has no hash: nothing can be chained to it", e.Seq)
 	}
-	return e.tip, nil
+	return Tip{Seq: e.Seq, Position: e.pos, Hash: e.Hash}, nil
 }
 
 // msgGetSubject is the JetStream API subject of reads that the stream's leader answers.
@@ -120,11 +120,10 @@ func readLeader(ctx context.Context, nc *nats.Conn, getSubject string, req msgGe
 			return storedEvent{}, fmt.Errorf("event at sequence %d: headers: %w", m.Sequence, err)
 		}
 		if h.Get(PositionHeader) != "" {
-			pos, err := positionOf(m.Sequence, h)
-			if err != nil {
+			if stored.pos, err = positionOf(m.Sequence, h); err != nil {
 				return storedEvent{}, err
 			}
-			stored.tip, stored.hasTip = Tip{Seq: m.Sequence, Position: pos, Hash: e.Hash}, true
+			stored.hasPos = true
 		}
 	}
 	return stored, nil

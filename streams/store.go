@@ -273,14 +273,18 @@ func (s *Store) conversation(ctx context.Context, id string, fresh bool) (cached
 	}
 	// The tip first: whatever is read after it is at least as new, and an append expecting it
 	// fails if anything changed since.
-	tip, err := s.readTip(ctx, id)
+	last, err := s.readTip(ctx, id)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return cachedConversation{}, errNoConversation
 	}
 	if err != nil {
 		return cachedConversation{}, err
 	}
-	meta := tip.Event
+	tip, err := last.conversationTip()
+	if err != nil {
+		return cachedConversation{}, err
+	}
+	meta := last.Event
 	if !isConversationEvent(meta.Type) {
 		if meta, _, err = s.lastEvent(ctx, metaSubjects(id)); err != nil {
 			return cachedConversation{}, err
@@ -290,7 +294,7 @@ func (s *Store) conversation(ctx context.Context, id string, fresh bool) (cached
 	if err != nil {
 		return cachedConversation{}, err
 	}
-	c := cachedConversation{conv: conv, seq: meta.Seq, tip: tip.tip}
+	c := cachedConversation{conv: conv, seq: meta.Seq, tip: tip}
 	s.convs.Add(id, c)
 	return c, nil
 }
