@@ -108,7 +108,7 @@ func BenchmarkSendMessageHistory(b *testing.B) {
 
 // benchConversation starts a server with the events stream and returns a store on it and a
 // direct conversation between alice and bob.
-func benchConversation(b testing.TB) (jetstream.JetStream, jetstream.Stream, *streams.Store, domain.Conversation) {
+func benchConversation(b *testing.B) (jetstream.JetStream, jetstream.Stream, *streams.Store, domain.Conversation) {
 	s := natstest.RunServer(b, "")
 	js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{EpochSize: streams.DefaultEpochSize})
 	store, err := streams.NewStore(js, st, domain.DefaultLimits)

@@ -44,13 +44,7 @@ func TestEventsLandInTheirPositionsEpoch(t *testing.T) {
 // Events written straight into the stream with Layout.Chain (as the load and replay tools do)
 // continue the conversation's chain, and the store appends after them.
 func TestChainedWritesContinueTheChain(t *testing.T) {
-	s := natstest.RunServer(t, "")
-	n := newNode(t, s, streams.Config{})
-	m := directWithMessage(t, n, "first")
-	c, _, err := n.store.Conversation(ctxT(t), m.ConversationID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, c := directWithOneMessage(t)
 	const written = 3*natstest.TestEpochSize + 1
 	for i := range written {
 		if _, err := n.js.PublishMsg(ctxT(t), chainedMessage(t, n, c, "bob", "direct"+strconv.Itoa(i))); err != nil {
@@ -227,22 +221,29 @@ func TestAppendsExpectOnlyTheirEpoch(t *testing.T) {
 // with that reason, not taken for appends to an empty conversation (which would conflict until
 // the store gave up with "changed too often").
 func TestNoChainingToAnEventWithoutHash(t *testing.T) {
-	s := natstest.RunServer(t, "")
-	n := newNode(t, s, streams.Config{})
-	m := directWithMessage(t, n, "first")
-	c, _, err := n.store.Conversation(ctxT(t), m.ConversationID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, c := directWithOneMessage(t)
 	msg := chainedMessage(t, n, c, "bob", "hashless")
 	msg.Data = change(t, msg.Data, false, func(v map[string]any) { delete(v, "hash") })
 	if _, err := n.js.PublishMsg(ctxT(t), msg); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = newStore(t, n.js, n.stream).SendMessage(ctxT(t), "alice", c.ID, "second", "hi")
+	_, _, err := newStore(t, n.js, n.stream).SendMessage(ctxT(t), "alice", c.ID, "second", "hi")
 	if err == nil || !strings.Contains(err.Error(), "no hash") {
 		t.Fatalf("send after an event without hash: %v, want refused for that reason", err)
 	}
+}
+
+// directWithOneMessage returns a node and a direct conversation between alice and bob that holds
+// one message from alice.
+func directWithOneMessage(t *testing.T) (node, domain.Conversation) {
+	t.Helper()
+	n := newNode(t, natstest.RunServer(t, ""), streams.Config{})
+	m := directWithMessage(t, n, "first")
+	c, _, err := n.store.Conversation(ctxT(t), m.ConversationID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, c
 }
 
 // chainedMessage returns, unpublished, the message that sender's send of clientMsgID to c would
