@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,6 +73,10 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	f.check(err)
 	publish(twice)
 	send("alice", group)
+	twiceData, err := domain.DecodeData[domain.MessageData](twice)
+	f.check(err)
+	_, _, err = f.store.EditMessage(f.ctx, "bob", twiceData.MessageID, "the first copy, edited")
+	f.check(err)
 	early, err := domain.SendMessage(direct, "alice", "early", "as sent", domain.DefaultLimits, time.Now())
 	f.check(err)
 	earlyData, err := domain.DecodeData[domain.MessageData](early)
@@ -85,6 +90,27 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	f.check(err)
 	publish(again)
 	send("dave", other)
+	// Edits and deletes in their place: edited twice; edited, deleted, then edited and deleted
+	// again past the command side (the edit changes nothing, the second delete its time).
+	kept, _, err := f.store.SendMessage(f.ctx, "alice", group.ID, "kept", "as sent")
+	f.check(err)
+	gone, _, err := f.store.SendMessage(f.ctx, "alice", group.ID, "gone", "as sent")
+	f.check(err)
+	send("bob", group)
+	for _, body := range []string{"edited once", "edited twice"} {
+		_, _, err = f.store.EditMessage(f.ctx, "alice", kept.ID, body)
+		f.check(err)
+	}
+	_, _, err = f.store.EditMessage(f.ctx, "alice", gone.ID, "edited before its delete")
+	f.check(err)
+	_, _, err = f.store.DeleteMessage(f.ctx, "alice", gone.ID)
+	f.check(err)
+	late, err := domain.EditMessage(group, domain.Message{ID: gone.ID, SenderID: "alice"}, "alice", "edited after its delete", domain.DefaultLimits, time.Now())
+	f.check(err)
+	publish(late)
+	deleteAgain, err := domain.DeleteMessage(group, domain.Message{ID: gone.ID, SenderID: "alice"}, "alice", time.Now().Add(time.Hour))
+	f.check(err)
+	publish(deleteAgain)
 	poison, err := domain.SendMessage(other, "alice", "poison", "x", domain.DefaultLimits, time.Now())
 	f.check(err)
 	poison.Data = json.RawMessage(`{"message_id":"` + other.ID + `-aaaaaaaaaaaaaaaaaaaa","sender_id":"alice","client_msg_id":"poison","body":"a\u0000b"}`)
@@ -99,21 +125,37 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	// What the live projector made of it, which the bulk load must match.
 	var carol, bob uint64
 	var joinedLast *uint64
-	var first, sent string
+	var first, sent, edited, deleted string
 	var parked int
+	var goneAt time.Time
 	f.check(f.pool.QueryRow(f.ctx, `SELECT
 		(SELECT last_read_seq FROM members WHERE conversation_id = $1 AND user_id = 'carol'),
 		(SELECT last_read_seq FROM members WHERE conversation_id = $1 AND user_id = 'bob'),
 		(SELECT last_message_seq FROM conversations WHERE id = $2),
 		(SELECT body FROM messages WHERE client_msg_id = 'twice'),
 		(SELECT body FROM messages WHERE client_msg_id = 'early'),
-		(SELECT count(*) FROM parked_events)`, group.ID, joined.ID).Scan(&carol, &bob, &joinedLast, &first, &sent, &parked))
-	if carol != 0 || bob == 0 || joinedLast == nil || first != "the first copy" || sent != "as sent" || parked != 2 {
-		t.Fatalf("live: carol read %d, bob %d, last message %v, bodies %q and %q, %d parked", carol, bob, joinedLast, first, sent, parked)
+		(SELECT body FROM messages WHERE client_msg_id = 'kept'),
+		(SELECT body || coalesce(edited_at::text, 'never edited') FROM messages WHERE client_msg_id = 'gone'),
+		(SELECT deleted_at FROM messages WHERE client_msg_id = 'gone'),
+		(SELECT count(*) FROM parked_events)`, group.ID, joined.ID).Scan(&carol, &bob, &joinedLast, &first, &sent, &edited, &deleted, &goneAt, &parked))
+	if carol != 0 || bob == 0 || joinedLast == nil || first != "the first copy, edited" || sent != "as sent" || edited != "edited twice" ||
+		deleted == "never edited" || !strings.HasPrefix(deleted, "2") || goneAt.Before(time.Now()) || parked != 2 {
+		t.Fatalf("live: carol read %d, bob %d, last message %v, bodies %q, %q, %q and %q (deleted at %v), %d parked",
+			carol, bob, joinedLast, first, sent, edited, deleted, goneAt, parked)
 	}
 
-	for _, size := range []int{1, 2, 3, 5, 8, rebuildBatch} {
-		t.Run(fmt.Sprint(size, " events a batch"), func(t *testing.T) {
+	for _, tc := range []struct {
+		size    int
+		waiting int // maxWaitingChanges
+	}{{1, 0}, {2, 0}, {3, 0}, {5, 0}, {8, 0}, {rebuildBatch, 0}, {1, 1 << 30}, {2, 1 << 30}, {3, 1 << 30}, {5, 1 << 30}, {8, 1 << 30}, {rebuildBatch, 1 << 30}} {
+		size := tc.size
+		name := fmt.Sprint(size, " events a batch, indexed at the first change")
+		if tc.waiting > 0 {
+			name = fmt.Sprint(size, " events a batch, indexed when a batch is rejected")
+		}
+		t.Run(name, func(t *testing.T) {
+			defer func(was int) { maxWaitingChanges = was }(maxWaitingChanges)
+			maxWaitingChanges = tc.waiting
 			sc, err := newScratch(f.ctx, f.pool, "chatd_test")
 			f.check(err)
 			t.Cleanup(func() { sc.drop(context.Background(), nil) })

@@ -23,17 +23,44 @@ func (Messages) apply(b *pgx.Batch, e domain.Event) error {
 	if e.Type != domain.TypeMessageEdited && e.Type != domain.TypeMessageDeleted {
 		return nil
 	}
-	d, err := domain.DecodeData[domain.MessageData](e)
+	c, err := changeOf(e)
 	if err != nil {
 		return err
 	}
-	switch e.Type {
-	case domain.TypeMessageEdited:
-		b.Queue(`UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 AND deleted_at IS NULL`, d.MessageID, d.Body, e.Time)
-	case domain.TypeMessageDeleted:
-		b.Queue(`UPDATE messages SET body = '', deleted_at = $2 WHERE id = $1`, d.MessageID, e.Time)
-	}
+	c.queue(b)
 	return nil
+}
+
+// change is what a message.edited or message.deleted event does to its message's row.
+type change struct {
+	seq     uint64 // the event's
+	deleted bool
+	id      string
+	body    string // the new body of an edit
+	at      time.Time
+}
+
+func changeOf(e domain.Event) (change, error) {
+	d, err := domain.DecodeData[domain.MessageData](e)
+	if err != nil {
+		return change{}, err
+	}
+	return change{seq: e.Seq, deleted: e.Type == domain.TypeMessageDeleted, id: d.MessageID, body: d.Body, at: e.Time}, nil
+}
+
+// size is roughly the memory c takes.
+func (c change) size() int { return len(c.id) + len(c.body) + 64 }
+
+// queue queues c's statement onto b. It changes only a message created before it (seq < c.seq):
+// applied in stream order, as the live projector applies it, that is every row there is, but a
+// bulk load applies changes after every message (see bulk.go), and a message created after its
+// edit must still stay as sent.
+func (c change) queue(b *pgx.Batch) {
+	if c.deleted {
+		b.Queue(`UPDATE messages SET body = '', deleted_at = $2 WHERE id = $1 AND seq < $3`, c.id, c.at, c.seq)
+		return
+	}
+	b.Queue(`UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 AND seq < $4 AND deleted_at IS NULL`, c.id, c.body, c.at, c.seq)
 }
 
 // applyCreated inserts a run of new messages with one statement.

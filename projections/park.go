@@ -31,11 +31,23 @@ func rejected(err error) bool {
 
 // applyOrPark applies a batch; when PostgreSQL rejects it, it finds and parks the culprit.
 func (p *Projector) applyOrPark(ctx context.Context, batch decoded) error {
+	if p.bulk != nil && p.bulk.mustIndex() {
+		if err := p.bulk.index(ctx, p.pool); err != nil {
+			return err
+		}
+	}
 	err := p.applyBatch(ctx, batch)
 	if err == nil || !rejected(err) {
 		return err
 	}
 	p.log.Warn("PostgreSQL rejected a batch; applying it event by event", "events", len(batch.msgs), "err", err)
+	if p.bulk != nil {
+		// One at a time, events are applied the live projector's way (see applyBatch), which
+		// needs the indexes that a bulk load builds at its end.
+		if err := p.bulk.index(ctx, p.pool); err != nil {
+			return err
+		}
+	}
 	for i, m := range batch.msgs {
 		var last error
 		for range rejectAttempts {

@@ -309,7 +309,8 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 		data = append(data, d.data[i])
 	}
 	if p.bulk != nil {
-		p.bulk.begin(b, useCopy && copyKeepsOrder(applied, data), len(applied))
+		// Without the messages key, changes wait for it and cannot come before their message.
+		p.bulk.begin(b, useCopy && (!p.bulk.indexed() || copyKeepsOrder(applied, data)), len(applied))
 		defer p.bulk.abort() // a no-op after commit
 	}
 	if err := p.queue(b, applied, data); err != nil {

@@ -294,12 +294,14 @@ func newScratch(ctx context.Context, live *pgxpool.Pool, prefix string) (*scratc
 }
 
 // bulkLoad applies the stream up to upTo to the scratch tables with their secondary indexes
-// (unique constraints included) dropped, then builds them again: building an index once over a
-// million rows costs a fraction of keeping it up to date row by row. The primary keys stay, since
-// the projector finds rows by them; nothing else reads the scratch tables meanwhile. For the same
-// reason the projector applies the events in bulk mode (see bulk.go): new messages copied, the
-// conversations' last activity and read markers written once instead of every batch. A failed
-// bulk load leaves the scratch tables behind the checkpoint they carry: the caller drops them.
+// (unique constraints included) and the messages primary key dropped, then builds them again:
+// building an index once over a million rows costs a fraction of keeping it up to date row by
+// row. The other primary keys stay, since the projector finds rows by them; nothing else reads
+// the scratch tables meanwhile. For the same reason the projector applies the events in bulk
+// mode (see bulk.go): new messages copied, edits and deletes applied once the messages key is
+// built, the conversations' last activity and read markers written once instead of every
+// batch. A failed bulk load leaves the scratch tables behind the checkpoint they carry: the
+// caller drops them.
 func (sc *scratch) bulkLoad(ctx context.Context, p *Projector, upTo uint64, progress func(done, total uint64)) error {
 	rows, _ := sc.live.Query(ctx, `
 		SELECT quote_ident(n.nspname) || '.' || quote_ident(t.relname), quote_ident(n.nspname) || '.' || quote_ident(x.relname),
@@ -309,8 +311,8 @@ func (sc *scratch) bulkLoad(ctx context.Context, p *Projector, upTo uint64, prog
 		  JOIN pg_class x ON x.oid = i.indexrelid
 		  JOIN pg_namespace n ON n.oid = t.relnamespace
 		  LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = t.oid
-		 WHERE n.nspname = $1 AND NOT i.indisprimary
-		 ORDER BY 1, 2`, sc.schema)
+		 WHERE n.nspname = $1 AND (NOT i.indisprimary OR t.relname = 'messages')
+		 ORDER BY i.indisprimary DESC, 1, 2`, sc.schema)
 	var drop, build []string
 	var table, index, constraint, constraintDef, indexDef string
 	_, err := pgx.ForEachRow(rows, []any{&table, &index, &constraint, &constraintDef, &indexDef}, func() error {
@@ -326,36 +328,20 @@ func (sc *scratch) bulkLoad(ctx context.Context, p *Projector, upTo uint64, prog
 	if err != nil {
 		return readErr(err, "list the indexes of "+sc.schema)
 	}
+	if len(build) == 0 || !strings.Contains(build[0], "PRIMARY KEY") {
+		return fmt.Errorf("no primary key on %s.messages", sc.schema)
+	}
 	for _, stmt := range drop {
 		if _, err := sc.live.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("%s: %w", stmt, err)
 		}
 	}
-	p.bulk = newBulkLoad(p.models)
-	err = p.catchUp(ctx, upTo, progress)
-	if err == nil {
-		err = p.bulk.finish(ctx, p)
-	}
-	p.bulk = nil
-	if err != nil {
+	p.bulk = newBulkLoad(p.models, build)
+	defer func() { p.bulk = nil }()
+	if err := p.catchUp(ctx, upTo, progress); err != nil {
 		return err
 	}
-	conn, err := sc.live.Acquire(ctx)
-	if err != nil {
-		return readErr(err, "connect to build indexes")
-	}
-	defer conn.Release()
-	// Sorting in memory is what makes building fast; the session's setting ends with it.
-	if _, err := conn.Exec(ctx, "SET maintenance_work_mem = '256MB'"); err != nil {
-		return err
-	}
-	defer conn.Exec(context.WithoutCancel(ctx), "RESET maintenance_work_mem") //nolint:errcheck // best effort
-	for _, stmt := range build {
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("%s: %w", stmt, err)
-		}
-	}
-	return nil
+	return p.bulk.finish(ctx, p)
 }
 
 // drop closes the pool and drops the schema.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -186,68 +187,81 @@ type fetched struct {
 
 // fetchUpTo reads and decodes the events after `after` up to and including upTo in batches,
 // sends them to out and closes it; it stops at the first error (which it sends) or when ctx ends.
+// It reads with a continuous pull, so that the server delivers the next events while this
+// goroutine decodes and the caller applies (fetching batch by batch left it idle meanwhile).
 func (p *Projector) fetchUpTo(ctx context.Context, cons jetstream.Consumer, after, upTo uint64, out chan<- fetched) {
 	defer close(out)
-	read := after
-	for read < upTo {
-		f := p.fetchOne(cons, read, upTo)
+	send := func(f fetched) bool {
+		select {
+		case out <- f:
+			return f.err == nil && !f.end
+		case <-ctx.Done():
+			return false
+		}
+	}
+	// Events up to upTo may have been deleted from the stream (the one at upTo too), or the
+	// stream may now begin after them: then fewer come than upTo-after, and waiting for the rest
+	// would stall. end is set once nothing more can come up to upTo: the stream holds nothing
+	// after what came (counted when the consumer was created, and with each message), or what
+	// came is past upTo.
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		send(fetched{last: after, end: true})
+		return
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * p.batchSize))
+	if err != nil {
+		send(fetched{err: fmt.Errorf("rebuild consume: %w", err)})
+		return
+	}
+	defer it.Stop()
+	defer context.AfterFunc(ctx, it.Stop)()
+	// A watchdog rather than a timeout on each Next, which would allocate a timer per event.
+	var stalled atomic.Bool
+	watchdog := time.AfterFunc(fetchStall, func() { stalled.Store(true); it.Stop() })
+	defer watchdog.Stop()
+	for f := (fetched{last: after}); ; f = (fetched{last: f.last}) {
+		for len(f.batch.msgs) < p.batchSize && f.last < upTo && !f.end {
+			m, err := it.Next()
+			if stalled.Load() {
+				f.err = fmt.Errorf("rebuild stalled at %d of %d: nothing came for %v", f.last, upTo, fetchStall)
+				break
+			}
+			if err != nil {
+				f.err = fmt.Errorf("rebuild read: %w", err)
+				break
+			}
+			watchdog.Reset(fetchStall)
+			meta, err := m.Metadata()
+			if err != nil {
+				f.err = fmt.Errorf("rebuild metadata: %w", err)
+				break
+			}
+			if meta.Sequence.Stream > upTo {
+				f.end = true
+				break
+			}
+			f.batch.msgs = append(f.batch.msgs, m)
+			f.last = meta.Sequence.Stream
+			f.end = meta.NumPending == 0
+		}
 		if f.err == nil && len(f.batch.msgs) > 0 {
 			f.batch, f.err = p.decode(f.batch.msgs)
 		}
-		select {
-		case out <- f:
-		case <-ctx.Done():
+		if f.last >= upTo {
+			f.end = true
+		}
+		// The caller may take its time over the previous batch: that is no stall.
+		watchdog.Stop()
+		if !send(f) {
 			return
 		}
-		if f.err != nil || f.end {
-			return
-		}
-		read = f.last
+		watchdog.Reset(fetchStall)
 	}
 }
 
-// fetchOne fetches the next batch after `after`, never beyond upTo.
-func (p *Projector) fetchOne(cons jetstream.Consumer, after, upTo uint64) fetched {
-	f := fetched{last: after}
-	batch, err := cons.Fetch(int(min(uint64(p.batchSize), upTo-after)), jetstream.FetchMaxWait(5*time.Second))
-	if err != nil {
-		f.err = fmt.Errorf("rebuild fetch: %w", err)
-		return f
-	}
-	// Events up to upTo may have been deleted from the stream (the one at upTo too), or the
-	// stream may now begin after them: then fewer come than were asked for, and waiting for the
-	// rest would stall. end is set once nothing more can come up to upTo: the stream holds
-	// nothing after what came (counted when the consumer was created, and with each message), or
-	// what came is past upTo.
-	info := cons.CachedInfo()
-	f.end = info != nil && info.NumPending == 0
-	for !f.end {
-		m, ok := <-batch.Messages()
-		if !ok {
-			break
-		}
-		meta, err := m.Metadata()
-		if err != nil {
-			f.err = fmt.Errorf("rebuild metadata: %w", err)
-			return f
-		}
-		if meta.Sequence.Stream > upTo {
-			f.end = true
-			break
-		}
-		f.batch.msgs = append(f.batch.msgs, m)
-		f.last = meta.Sequence.Stream
-		f.end = meta.NumPending == 0
-	}
-	if err := batch.Error(); err != nil {
-		f.err = fmt.Errorf("rebuild fetch: %w", err)
-		return f
-	}
-	if len(f.batch.msgs) == 0 && !f.end {
-		f.err = fmt.Errorf("rebuild stalled at %d of %d", after, upTo)
-	}
-	return f
-}
+// fetchStall is how long a catch-up waits for the next event it knows the stream holds before it
+// gives up.
+const fetchStall = 5 * time.Second
 
 // skipTo moves the checkpoint to seq, applying nothing, when the stream holds no event after the
 // checkpoint up to seq. None can come later either once the stream's last sequence has reached
