@@ -503,7 +503,7 @@ const getToken = () => fetch("/token").then(r => r.text());
 window.renewed = 0; window.warned = 0;
 getToken().then(token => ChatD.mount("#chat", {
   token,
-  getToken: () => { window.renewed++; return getToken(); },
+  getToken: () => getToken().then(t => { window.renewed++; return t; }),
   onTokenExpiring: () => { window.warned++; },
   onUnread: (n) => { window.unread = n; },
 }));

@@ -245,7 +245,11 @@ func (in *instance) must(want int, method, path, bearer string, body any) respon
 	in.t.Helper()
 	r := in.do(method, path, bearer, body)
 	if r.status != want {
-		in.t.Fatalf("%s %s: status %d, want %d: %s", method, path, r.status, want, r.raw)
+		var log string
+		if r.status >= 500 {
+			log = "\nchatd's log:\n" + in.out.String() // the cause of a 5xx is only logged
+		}
+		in.t.Fatalf("%s %s: status %d, want %d: %s%s", method, path, r.status, want, r.raw, log)
 	}
 	return r
 }
