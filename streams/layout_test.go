@@ -1,6 +1,7 @@
 package streams_test
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -163,6 +164,49 @@ func TestSetupKeepsTheLayout(t *testing.T) {
 	}
 	if _, err := streams.Setup(ctx, js, streams.Config{}); err == nil || !strings.Contains(err.Error(), "layout") {
 		t.Fatalf("setup on a stream in an old layout: %v, want refused", err)
+	}
+}
+
+// A stream that cannot be looked up is not a missing stream: Setup stops instead of writing the
+// default layout over one it never read. Here the lookup fails (and nothing else does) through a
+// relay of the JetStream API that answers stream info requests with an error.
+func TestSetupStopsWhenTheStreamCannotBeRead(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	nc := natstest.Connect(t, s)
+	_, st := natstest.Stream(t, nc, streams.Config{EpochSize: 8})
+	const prefix = "RELAY.API."
+	relay, err := nc.Subscribe(prefix+">", func(m *nats.Msg) {
+		api := strings.TrimPrefix(m.Subject, prefix)
+		if api == "STREAM.INFO."+streams.StreamName {
+			m.Respond([]byte(`{"type":"io.nats.jetstream.api.v1.stream_info_response","error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}`)) //nolint:errcheck // the caller times out otherwise
+			return
+		}
+		answer, err := nc.Request(jetstream.DefaultAPIPrefix+api, m.Data, 5*time.Second)
+		if err != nil {
+			t.Errorf("relay %s: %v", api, err)
+			return
+		}
+		m.Respond(answer.Data) //nolint:errcheck // the caller times out otherwise
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { relay.Unsubscribe() }) //nolint:errcheck // the connection closes anyway
+	js, err := jetstream.NewWithAPIPrefix(natstest.Connect(t, s), prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	setupCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := streams.Setup(setupCtx, js, streams.Config{}); err == nil || !strings.Contains(err.Error(), "look up stream") {
+		t.Fatalf("setup when the stream cannot be read: %v, want it refused", err)
+	}
+	if _, err := st.Info(ctx); err != nil { // LayoutOf reads the info st holds
+		t.Fatal(err)
+	}
+	if l, err := streams.LayoutOf(st); err != nil || l.EpochSize != 8 {
+		t.Fatalf("layout after the failed setup: %+v, %v; want epoch size 8", l, err)
 	}
 }
 
