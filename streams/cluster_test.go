@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -228,4 +229,77 @@ func eventually(t *testing.T, ctx context.Context, read func() error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Presence on a cluster: a replicated bucket answers nothing until it has a leader, so
+// SetupPresence returns only once appends reach it; a connection recorded through one server is
+// seen online through another, and offline once it goes, at once for the node that closed it
+// (which asks the leader, not a replica that may not have seen the delete yet).
+func TestPresenceAcrossACluster(t *testing.T) {
+	servers := natstest.RunCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// A young in-process cluster now and then leaves a JetStream API request unanswered (see
+	// setupReplicated): each step is asked again rather than waited out.
+	retry := func(step func(ctx context.Context) error) {
+		t.Helper()
+		for {
+			attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := step(attempt)
+			cancel()
+			if err == nil {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	node := func(s *server.Server) (js jetstream.JetStream, p *streams.Presence) {
+		t.Helper()
+		js, err := jetstream.New(natstest.Connect(t, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		retry(func(ctx context.Context) (err error) {
+			p, err = streams.SetupPresence(ctx, js, 3)
+			return err
+		})
+		return js, p
+	}
+	js, first := node(servers[0])
+	// Right after setup, with no wait: the bucket has its leader, and an append reaches it.
+	bucket, err := js.Stream(ctx, "KV_"+streams.PresenceBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := bucket.CachedInfo().Cluster; c == nil || c.Leader == "" || len(c.Replicas) != 2 {
+		t.Fatalf("presence bucket right after setup: cluster %+v, want a leader and two replicas", c)
+	}
+	key, err := first.Connect(ctx, "alice")
+	if err != nil {
+		t.Fatalf("the first connection right after setup: %v", err)
+	}
+	_, other := node(servers[2])            // a second node sets up the same bucket
+	retry(func(ctx context.Context) error { // a replica may answer the listing a moment behind
+		online, err := other.Online(ctx, []string{"alice", "bob"})
+		if err == nil && !slices.Equal(online, []string{"alice"}) {
+			err = fmt.Errorf("online through the other server: %v, want alice", online)
+		}
+		return err
+	})
+	retry(func(ctx context.Context) error {
+		still, err := first.Disconnect(ctx, key)
+		if err == nil && still {
+			t.Fatal("alice's only connection closed, and she is still online")
+		}
+		return err
+	})
+	retry(func(ctx context.Context) error {
+		online, err := other.Online(ctx, []string{"alice"})
+		if err == nil && len(online) != 0 {
+			err = fmt.Errorf("online %v after the disconnect", online)
+		}
+		return err
+	})
 }

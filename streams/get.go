@@ -33,13 +33,16 @@ type msgGetRequest struct {
 // msgGetResponse is its answer.
 type msgGetResponse struct {
 	Error   *jetstream.APIError `json:"error,omitempty"`
-	Message *struct {
-		Subject  string    `json:"subject"`
-		Sequence uint64    `json:"seq"`
-		Header   []byte    `json:"hdrs,omitempty"`
-		Data     []byte    `json:"data"`
-		Time     time.Time `json:"time"`
-	} `json:"message,omitempty"`
+	Message *storedMsg          `json:"message,omitempty"`
+}
+
+// storedMsg is a message as the stream's leader returns it.
+type storedMsg struct {
+	Subject  string    `json:"subject"`
+	Sequence uint64    `json:"seq"`
+	Header   []byte    `json:"hdrs,omitempty"`
+	Data     []byte    `json:"data"`
+	Time     time.Time `json:"time"`
 }
 
 // defaultReadTimeout bounds a read whose context has no deadline.
@@ -74,10 +77,33 @@ func (s *Store) readLeader(ctx context.Context, req msgGetRequest) (storedEvent,
 	return readLeader(ctx, s.js.Conn(), s.getSubject, req)
 }
 
-// readLeader gets one message from the leader of the stream whose API subject is getSubject. It
+// readLeader gets one event from the leader of the stream whose API subject is getSubject. It
 // answers jetstream.ErrMsgNotFound when there is no such message, and "unavailable" for every
 // other failure.
 func readLeader(ctx context.Context, nc *nats.Conn, getSubject string, req msgGetRequest) (storedEvent, error) {
+	m, h, err := getFromLeader(ctx, nc, getSubject, req)
+	if err != nil {
+		return storedEvent{}, err
+	}
+	e, err := domain.DecodeEvent(m.Data)
+	if err != nil {
+		return storedEvent{}, fmt.Errorf("event at sequence %d: %w", m.Sequence, err)
+	}
+	e.Seq = m.Sequence
+	stored := storedEvent{Event: e}
+	if h.Get(PositionHeader) != "" {
+		if stored.pos, err = positionOf(m.Sequence, h); err != nil {
+			return storedEvent{}, err
+		}
+		stored.hasPos = true
+	}
+	return stored, nil
+}
+
+// getFromLeader gets one message, with its headers, from the leader of the stream whose API
+// subject is getSubject. It answers jetstream.ErrMsgNotFound when there is no such message, and
+// "unavailable" for every other failure.
+func getFromLeader(ctx context.Context, nc *nats.Conn, getSubject string, req msgGetRequest) (*storedMsg, nats.Header, error) {
 	what := req.LastFor + req.NextFor
 	if what == "" {
 		what = fmt.Sprintf("sequence %d", req.Seq)
@@ -89,42 +115,30 @@ func readLeader(ctx context.Context, nc *nats.Conn, getSubject string, req msgGe
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
-		return storedEvent{}, err
+		return nil, nil, err
 	}
 	msg, err := nc.RequestWithContext(ctx, getSubject, body)
 	if err != nil {
-		return storedEvent{}, wrapLookup(err, what)
+		return nil, nil, wrapLookup(err, what)
 	}
 	var resp msgGetResponse
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return storedEvent{}, wrapLookup(fmt.Errorf("decode answer: %w", err), what)
+		return nil, nil, wrapLookup(fmt.Errorf("decode answer: %w", err), what)
 	}
 	switch {
 	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
-		return storedEvent{}, jetstream.ErrMsgNotFound
+		return nil, nil, jetstream.ErrMsgNotFound
 	case resp.Error != nil:
-		return storedEvent{}, wrapLookup(resp.Error, what)
+		return nil, nil, wrapLookup(resp.Error, what)
 	case resp.Message == nil:
-		return storedEvent{}, wrapLookup(jetstream.ErrInvalidJetStreamResponse, what)
+		return nil, nil, wrapLookup(jetstream.ErrInvalidJetStreamResponse, what)
 	}
 	m := resp.Message
-	e, err := domain.DecodeEvent(m.Data)
-	if err != nil {
-		return storedEvent{}, fmt.Errorf("event at sequence %d: %w", m.Sequence, err)
-	}
-	e.Seq = m.Sequence
-	stored := storedEvent{Event: e}
+	h := nats.Header{}
 	if len(m.Header) > 0 {
-		h, err := nats.DecodeHeadersMsg(m.Header)
-		if err != nil {
-			return storedEvent{}, fmt.Errorf("event at sequence %d: headers: %w", m.Sequence, err)
-		}
-		if h.Get(PositionHeader) != "" {
-			if stored.pos, err = positionOf(m.Sequence, h); err != nil {
-				return storedEvent{}, err
-			}
-			stored.hasPos = true
+		if h, err = nats.DecodeHeadersMsg(m.Header); err != nil {
+			return nil, nil, fmt.Errorf("message at sequence %d: headers: %w", m.Sequence, err)
 		}
 	}
-	return stored, nil
+	return m, h, nil
 }

@@ -2,11 +2,13 @@ package streams
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -20,7 +22,10 @@ const PresenceBucket = "CHAT_PRESENCE"
 const PresenceTTL = 45 * time.Second
 
 // Presence tracks who is online across all chatd nodes.
-type Presence struct{ kv jetstream.KeyValue }
+type Presence struct {
+	kv jetstream.KeyValue
+	nc *nats.Conn
+}
 
 // SetupPresence creates or updates the presence bucket (memory storage: presence is not worth
 // a disk write, and a restarted cluster starts with everyone offline, which is true).
@@ -35,15 +40,12 @@ func SetupPresence(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	if err != nil {
 		return nil, fmt.Errorf("create or update KV %s: %w", PresenceBucket, err)
 	}
-	// Like the events stream, a replicated bucket answers nothing until it has a leader.
-	s, err := js.Stream(ctx, "KV_"+PresenceBucket)
-	if err != nil {
-		return nil, fmt.Errorf("KV %s: %w", PresenceBucket, err)
-	}
-	if err := awaitLeader(ctx, s); err != nil {
+	// Like the events stream, a replicated bucket answers nothing until it has a leader. The
+	// probe's key is no connection's: connection keys are "<user>.<connection>".
+	if err := awaitLeader(ctx, js, "KV_"+PresenceBucket, "$KV."+PresenceBucket+".probe"); err != nil {
 		return nil, err
 	}
-	return &Presence{kv: kv}, nil
+	return &Presence{kv: kv, nc: js.Conn()}, nil
 }
 
 // Connect records a new connection of user and returns its key.
@@ -64,18 +66,51 @@ func (p *Presence) Refresh(ctx context.Context, key string) error {
 }
 
 // Disconnect removes a connection's key and reports whether its user is still online through
-// another connection.
+// another connection. The listing of the user's keys may come from a replica that has not seen
+// the delete yet, so each key it lists is checked on the bucket's leader: otherwise a user
+// closing their last connection could be left online.
 func (p *Presence) Disconnect(ctx context.Context, key string) (stillOnline bool, err error) {
 	if err := p.kv.Delete(ctx, key); err != nil {
 		return false, fmt.Errorf("delete presence %s: %w", key, err)
 	}
 	user, _, _ := strings.Cut(key, ".")
-	online, err := p.Online(ctx, []string{user})
-	return len(online) > 0, err
+	keys, err := p.keys(ctx, []string{user})
+	if err != nil {
+		return false, err
+	}
+	for _, k := range keys {
+		_, h, err := getFromLeader(ctx, p.nc, msgGetSubject("KV_"+PresenceBucket), msgGetRequest{LastFor: "$KV." + PresenceBucket + "." + k})
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound): // expired
+		case err != nil:
+			return false, err
+		case h.Get(kvOperation) == "": // a put: the key is live
+			return true, nil
+		}
+	}
+	return false, nil
 }
+
+// kvOperation is the header that marks a KV delete or purge.
+const kvOperation = "KV-Operation"
 
 // Online returns those of users who have at least one open connection.
 func (p *Presence) Online(ctx context.Context, users []string) ([]string, error) {
+	keys, err := p.keys(ctx, users)
+	seen := map[string]bool{}
+	var online []string
+	for _, key := range keys {
+		user, _, _ := strings.Cut(key, ".")
+		if !seen[user] {
+			seen[user] = true
+			online = append(online, user)
+		}
+	}
+	return online, err
+}
+
+// keys lists the connection keys of users.
+func (p *Presence) keys(ctx context.Context, users []string) ([]string, error) {
 	if len(users) == 0 {
 		return nil, nil
 	}
@@ -88,14 +123,9 @@ func (p *Presence) Online(ctx context.Context, users []string) ([]string, error)
 		return nil, domain.Unavailable("presence is unavailable", fmt.Errorf("list presence: %w", err))
 	}
 	defer lister.Stop() //nolint:errcheck // only stops the listing
-	seen := map[string]bool{}
-	var online []string
+	var keys []string
 	for key := range lister.Keys() {
-		user, _, _ := strings.Cut(key, ".")
-		if !seen[user] {
-			seen[user] = true
-			online = append(online, user)
-		}
+		keys = append(keys, key)
 	}
-	return online, nil
+	return keys, nil
 }

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -34,6 +35,10 @@ const StreamName = "CHAT_EVENTS"
 
 // SubjectRoot covers every event subject.
 const SubjectRoot = "chat.evt.>"
+
+// probeSubject is where Setup probes for the stream's leader with an append that is always
+// refused (see awaitLeader); no event is ever stored there.
+const probeSubject = "chat.evt.probe"
 
 // Config says how the stream is created.
 type Config struct {
@@ -96,23 +101,30 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.S
 	if err != nil {
 		return nil, fmt.Errorf("create or update stream %s: %w", StreamName, err)
 	}
-	if err := awaitLeader(ctx, s); err != nil {
+	if err := awaitLeader(ctx, js, StreamName, probeSubject); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// awaitLeader waits until a replicated stream has elected its leader: until then appends go
-// unanswered ("no response from stream").
-func awaitLeader(ctx context.Context, s jetstream.Stream) error {
+// awaitLeader waits until appends to stream reach a leader through the server this connection
+// uses: a replicated stream answers nothing until it has elected one, and for a moment after,
+// until the leader's interest in the stream's subjects has reached the other servers ("no
+// response from stream"). It probes with an append to probe (one of the stream's subjects) that
+// expects a last sequence no stream has: the leader refuses it, and nothing is stored.
+func awaitLeader(ctx context.Context, js jetstream.JetStream, stream, probe string) error {
 	for {
-		info, err := s.Info(ctx)
-		if err == nil && (info.Cluster == nil || info.Cluster.Leader != "") {
+		_, err := js.Publish(ctx, probe, nil, jetstream.WithExpectLastSequence(math.MaxUint64))
+		var refused *jetstream.APIError
+		if errors.As(err, &refused) {
 			return nil
+		}
+		if err == nil {
+			return fmt.Errorf("stream %s stored the probe at %s", stream, probe)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("stream %s has no leader: %w", s.CachedInfo().Config.Name, errors.Join(ctx.Err(), err))
+			return fmt.Errorf("stream %s has no leader: %w", stream, errors.Join(ctx.Err(), err))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
