@@ -39,7 +39,8 @@ import (
 //         keeps the first) and the key is built again;
 //       - the waiting changes are applied in stream order. Each changes only a message created
 //         before it (change.queue), as it would have when applied in its place, so an edit
-//         stored before its message still changes nothing.
+//         stored before its message still changes nothing. A change that PostgreSQL would
+//         refuse is caught in its own batch instead (change.queueCheck), and parked.
 //     The indexes are built earlier, and the load goes on with them, as soon as a batch must be
 //     applied the live projector's way, one event at a time (PostgreSQL rejected it: a parked
 //     event must keep the live projector's error text), or when the waiting changes would take
@@ -289,6 +290,7 @@ func (m copiedMessages) apply(b *pgx.Batch, e domain.Event) error {
 	if err != nil {
 		return err
 	}
+	c.queueCheck(b)
 	m.load.tx.changes = append(m.load.tx.changes, c)
 	return nil
 }

@@ -15,8 +15,9 @@ import (
 // A bulk load defers the conversations' last activity and the senders' read markers and copies
 // new messages (see bulk.go), and still leaves exactly the tables the live projector leaves,
 // wherever its batches begin and end: with read markers (whose clamp reads the conversation's
-// last activity) and membership changes between messages, a message stored twice, an edit
-// stored before its message, and an event PostgreSQL rejects.
+// last activity) and membership changes between messages, a message stored twice, edits and
+// deletes (one stored before its message, one after a delete, one that PostgreSQL rejects), and
+// a message PostgreSQL rejects.
 func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	f := newFixture(t)
 	for _, u := range []string{"alice", "bob", "carol", "dave"} {
@@ -111,6 +112,14 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	deleteAgain, err := domain.DeleteMessage(group, domain.Message{ID: gone.ID, SenderID: "alice"}, "alice", time.Now().Add(time.Hour))
 	f.check(err)
 	publish(deleteAgain)
+	// An edit PostgreSQL rejects (parked, with its conversation's later events), and a message.
+	victim, _, err := f.store.SendMessage(f.ctx, "alice", joined.ID, "edited-badly", "as sent")
+	f.check(err)
+	badEdit, err := domain.EditMessage(joined, victim, "alice", "x", domain.DefaultLimits, time.Now())
+	f.check(err)
+	badEdit.Data = json.RawMessage(strings.Replace(string(badEdit.Data), `"body":"x"`, `"body":"a\u0000b"`, 1))
+	publish(badEdit)
+	send("dave", joined)
 	poison, err := domain.SendMessage(other, "alice", "poison", "x", domain.DefaultLimits, time.Now())
 	f.check(err)
 	poison.Data = json.RawMessage(`{"message_id":"` + other.ID + `-aaaaaaaaaaaaaaaaaaaa","sender_id":"alice","client_msg_id":"poison","body":"a\u0000b"}`)
@@ -139,7 +148,7 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 		(SELECT deleted_at FROM messages WHERE client_msg_id = 'gone'),
 		(SELECT count(*) FROM parked_events)`, group.ID, joined.ID).Scan(&carol, &bob, &joinedLast, &first, &sent, &edited, &deleted, &goneAt, &parked))
 	if carol != 0 || bob == 0 || joinedLast == nil || first != "the first copy, edited" || sent != "as sent" || edited != "edited twice" ||
-		deleted == "never edited" || !strings.HasPrefix(deleted, "2") || goneAt.Before(time.Now()) || parked != 2 {
+		deleted == "never edited" || !strings.HasPrefix(deleted, "2") || goneAt.Before(time.Now()) || parked != 4 {
 		t.Fatalf("live: carol read %d, bob %d, last message %v, bodies %q, %q, %q and %q (deleted at %v), %d parked",
 			carol, bob, joinedLast, first, sent, edited, deleted, goneAt, parked)
 	}

@@ -56,11 +56,26 @@ func (c change) size() int { return len(c.id) + len(c.body) + 64 }
 // bulk load applies changes after every message (see bulk.go), and a message created after its
 // edit must still stay as sent.
 func (c change) queue(b *pgx.Batch) {
+	update, _, args := c.statements()
+	b.Queue(update, args...)
+}
+
+// queueCheck queues a statement that PostgreSQL refuses exactly when it would refuse c's own:
+// both take the same values, and a value is all that either can be refused for (text with a NUL
+// byte, say). A bulk load queues it in c's batch while c itself waits for the messages key, so
+// that the batch is rejected, and c parked, as the live projector would.
+func (c change) queueCheck(b *pgx.Batch) {
+	_, check, args := c.statements()
+	b.Queue(check, args...)
+}
+
+func (c change) statements() (update, check string, args []any) {
 	if c.deleted {
-		b.Queue(`UPDATE messages SET body = '', deleted_at = $2 WHERE id = $1 AND seq < $3`, c.id, c.at, c.seq)
-		return
+		return `UPDATE messages SET body = '', deleted_at = $2 WHERE id = $1 AND seq < $3`,
+			`SELECT $1::text, $2::timestamptz, $3::bigint`, []any{c.id, c.at, c.seq}
 	}
-	b.Queue(`UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 AND seq < $4 AND deleted_at IS NULL`, c.id, c.body, c.at, c.seq)
+	return `UPDATE messages SET body = $2, edited_at = $3 WHERE id = $1 AND seq < $4 AND deleted_at IS NULL`,
+		`SELECT $1::text, $2::text, $3::timestamptz, $4::bigint`, []any{c.id, c.body, c.at, c.seq}
 }
 
 // applyCreated inserts a run of new messages with one statement.
