@@ -125,7 +125,7 @@ func Rebuild(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, l
 	_, res.Events = p.Stats()
 	res.Took = time.Since(start)
 	if !opts.KeepOld {
-		if _, err := live.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+res.OldSchema+" CASCADE"); err != nil {
+		if err := dropReplaced(context.WithoutCancel(ctx), live, res.OldSchema); err != nil {
 			log.Warn("replaced read models not dropped", "schema", res.OldSchema, "err", err)
 		} else {
 			res.OldSchema = ""
@@ -184,13 +184,6 @@ func switchOver(ctx context.Context, live *pgxpool.Pool, liveSchema, newSchema s
 	}
 	// The checkpoint first: the live projector takes it first in each batch, so holding it
 	// stops the projector without deadlocking against it.
-	qualified := func(schema string, names []string) string {
-		out := make([]string, len(names))
-		for i, n := range names {
-			out[i] = pgx.Identifier{schema, n}.Sanitize()
-		}
-		return strings.Join(out, ", ")
-	}
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+qualified(liveSchema, []string{"projector_checkpoints"})+" IN ACCESS EXCLUSIVE MODE"); err != nil {
 		return RebuildResult{}, fmt.Errorf("lock the live checkpoint: %w", err)
 	}
@@ -225,6 +218,37 @@ func switchOver(ctx context.Context, live *pgxpool.Pool, liveSchema, newSchema s
 		return RebuildResult{}, readErr(err, "commit switch-over")
 	}
 	return RebuildResult{Seq: target, OldSchema: old}, nil
+}
+
+// qualified lists the tables names of schema, for a statement.
+func qualified(schema string, names []string) string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = pgx.Identifier{schema, n}.Sanitize()
+	}
+	return strings.Join(out, ", ")
+}
+
+// dropReplaced drops the schema that holds the read models a rebuild replaced. A reader that was
+// waiting for the live tables while they moved may still take their locks: a prepared statement
+// locks every table it was planned on before it notices they moved. So the tables are locked in
+// lockOrder first, as readers lock them; DROP SCHEMA … CASCADE alone locks them in the order they
+// were created (conversations before members), and could deadlock with such a reader and fail
+// its request.
+func dropReplaced(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	tables, err := tablesOf(ctx, pool, schema)
+	if err != nil {
+		return err
+	}
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if len(tables) > 0 {
+			if _, err := tx.Exec(ctx, "LOCK TABLE "+qualified(schema, inLockOrder(tables))+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+		return err
+	})
 }
 
 // lockOrder is the order in which this package's reads lock the read-model tables (a statement

@@ -344,3 +344,44 @@ func TestCatchUpPastDeletedEvents(t *testing.T) {
 		})
 	}
 }
+
+// A reader that took a replaced table's lock before the switch-over moved it (a prepared
+// statement does, before it notices the move) may go on to lock the next table in lockOrder:
+// dropping the replaced tables waits for it instead of deadlocking with it, which would fail
+// either the drop or the reader's request.
+func TestDroppingReplacedTablesWaitsForReaders(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hello")
+	f.check(err)
+	live := f.projector()
+	f.run(live)
+	f.waitFor(live, f.lastSeq())
+	res, err := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{KeepOld: true})
+	f.check(err)
+	old := pgx.Identifier{res.OldSchema}.Sanitize()
+
+	reader, err := f.pool.Begin(f.ctx)
+	f.check(err)
+	defer reader.Rollback(context.Background()) //nolint:errcheck // a no-op after Commit
+	_, err = reader.Exec(f.ctx, "LOCK TABLE "+old+".members IN ACCESS SHARE MODE")
+	f.check(err)
+	dropped := make(chan error, 1)
+	go func() { dropped <- dropReplaced(f.ctx, f.pool, res.OldSchema) }()
+	for waiting := 0; waiting == 0; { // until the drop waits for the reader's lock
+		f.check(f.pool.QueryRow(f.ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted`).Scan(&waiting))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := reader.Exec(f.ctx, "LOCK TABLE "+old+".conversations IN ACCESS SHARE MODE"); err != nil {
+		t.Fatalf("the reader's next table: %v", err)
+	}
+	f.check(reader.Commit(f.ctx))
+	if err := <-dropped; err != nil {
+		t.Fatalf("drop the replaced tables: %v", err)
+	}
+	var left int
+	f.check(f.pool.QueryRow(f.ctx, `SELECT count(*) FROM pg_namespace WHERE nspname = $1`, res.OldSchema).Scan(&left))
+	if left != 0 {
+		t.Fatalf("schema %s is still there", res.OldSchema)
+	}
+}
