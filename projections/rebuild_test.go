@@ -160,17 +160,12 @@ func (f *fixture) tx() pgx.Tx {
 // abort one of the two, and when that is the read, its request fails.
 func TestSwitchOverLocksTablesInReadersOrder(t *testing.T) {
 	f := newFixture(t)
-	d := f.direct("alice", "bob")
-	_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hello")
-	f.check(err)
-	live := f.projector()
-	f.run(live)
-	f.waitFor(live, f.lastSeq())
+	f.projectOneMessage()
 
 	// A slow read of departures (alphabetically between conversations and members) holds the
 	// switch-over up long enough for the reader to queue behind it.
 	slow, reader := f.tx(), f.tx()
-	_, err = slow.Exec(f.ctx, `SELECT count(*) FROM departures`)
+	_, err := slow.Exec(f.ctx, `SELECT count(*) FROM departures`)
 	f.check(err)
 	var readerPID int
 	f.check(reader.QueryRow(f.ctx, `SELECT pg_backend_pid()`).Scan(&readerPID))
@@ -351,12 +346,7 @@ func TestCatchUpPastDeletedEvents(t *testing.T) {
 // either the drop or the reader's request.
 func TestDroppingReplacedTablesWaitsForReaders(t *testing.T) {
 	f := newFixture(t)
-	d := f.direct("alice", "bob")
-	_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hello")
-	f.check(err)
-	live := f.projector()
-	f.run(live)
-	f.waitFor(live, f.lastSeq())
+	f.projectOneMessage()
 	res, err := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{KeepOld: true})
 	f.check(err)
 	old := pgx.Identifier{res.OldSchema}.Sanitize()
@@ -384,4 +374,16 @@ func TestDroppingReplacedTablesWaitsForReaders(t *testing.T) {
 	if left != 0 {
 		t.Fatalf("schema %s is still there", res.OldSchema)
 	}
+}
+
+// projectOneMessage sends a message from alice to bob and runs the live projector until the
+// read models hold it.
+func (f *fixture) projectOneMessage() {
+	f.t.Helper()
+	d := f.direct("alice", "bob")
+	_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hello")
+	f.check(err)
+	live := f.projector()
+	f.run(live)
+	f.waitFor(live, f.lastSeq())
 }
