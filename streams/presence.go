@@ -17,6 +17,13 @@ import (
 // refreshing it. A user is online while any of their keys exists, on any node.
 const PresenceBucket = "CHAT_PRESENCE"
 
+// The stream that holds the presence bucket, and the subject prefix of its keys (nats.go's KV
+// naming), for the reads that go past the KV API to the stream's leader.
+const (
+	presenceStream = "KV_" + PresenceBucket
+	presenceKeys   = "$KV." + PresenceBucket + "."
+)
+
 // PresenceTTL bounds how long a crashed node's connections still count as online. Live
 // connections renew their key at every WebSocket heartbeat (25 s), well within it.
 const PresenceTTL = 45 * time.Second
@@ -42,7 +49,7 @@ func SetupPresence(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	}
 	// Like the events stream, a replicated bucket answers nothing until it has a leader. The
 	// probe's key is no connection's: connection keys are "<user>.<connection>".
-	if err := awaitLeader(ctx, js, "KV_"+PresenceBucket, "$KV."+PresenceBucket+".probe"); err != nil {
+	if err := awaitLeader(ctx, js, presenceStream, presenceKeys+"probe"); err != nil {
 		return nil, err
 	}
 	return &Presence{kv: kv, nc: js.Conn()}, nil
@@ -79,7 +86,7 @@ func (p *Presence) Disconnect(ctx context.Context, key string) (stillOnline bool
 		return false, err
 	}
 	for _, k := range keys {
-		_, h, err := getFromLeader(ctx, p.nc, msgGetSubject("KV_"+PresenceBucket), msgGetRequest{LastFor: "$KV." + PresenceBucket + "." + k})
+		_, h, err := getFromLeader(ctx, p.nc, msgGetSubject(presenceStream), msgGetRequest{LastFor: presenceKeys + k})
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound): // expired
 		case err != nil:
