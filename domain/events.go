@@ -122,22 +122,33 @@ func DecodeEvent(b []byte) (Event, error) { return DecodeEventWith(json.Unmarsha
 // DecodeEventWith is DecodeEvent with unmarshal instead of json.Unmarshal.
 func DecodeEventWith(unmarshal Unmarshal, b []byte) (Event, error) {
 	var e Event
-	if err := unmarshal(b, &e); err != nil {
-		return Event{}, fmt.Errorf("decode event: %w", err)
+	err := DecodeEventInto(unmarshal, b, &e)
+	return e, err
+}
+
+// DecodeEventInto is DecodeEventWith decoding into *e, which it leaves zero on error: a decoder of
+// many events fills them in place rather than copying each from the heap.
+func DecodeEventInto(unmarshal Unmarshal, b []byte, e *Event) error {
+	*e = Event{}
+	err := unmarshal(b, e)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("decode event: %w", err)
+	case e.V > SchemaVersion:
+		err = fmt.Errorf("decode event %s: %w (version %d, this build reads up to %d)", e.ID, ErrNewerSchema, e.V, SchemaVersion)
+	case e.V < 1:
+		err = fmt.Errorf("decode event %s: unsupported schema version %d", e.ID, e.V)
+	case e.Type == "" || e.ID == "" || e.Time.IsZero():
+		err = fmt.Errorf("decode event %q: missing type, id or time", e.ID)
+	default:
+		if d := bytes.TrimLeft(e.Data, " \t\r\n"); len(d) == 0 || d[0] != '{' {
+			err = fmt.Errorf("decode event %q: data must be a JSON object", e.ID)
+		}
 	}
-	if e.V > SchemaVersion {
-		return Event{}, fmt.Errorf("decode event %s: %w (version %d, this build reads up to %d)", e.ID, ErrNewerSchema, e.V, SchemaVersion)
+	if err != nil {
+		*e = Event{}
 	}
-	if e.V < 1 {
-		return Event{}, fmt.Errorf("decode event %s: unsupported schema version %d", e.ID, e.V)
-	}
-	if e.Type == "" || e.ID == "" || e.Time.IsZero() {
-		return Event{}, fmt.Errorf("decode event %q: missing type, id or time", e.ID)
-	}
-	if d := bytes.TrimLeft(e.Data, " \t\r\n"); len(d) == 0 || d[0] != '{' {
-		return Event{}, fmt.Errorf("decode event %q: data must be a JSON object", e.ID)
-	}
-	return e, nil
+	return err
 }
 
 // DecodeData parses the payload of e into T.
@@ -146,10 +157,16 @@ func DecodeData[T any](e Event) (T, error) { return DecodeDataWith[T](json.Unmar
 // DecodeDataWith is DecodeData with unmarshal instead of json.Unmarshal.
 func DecodeDataWith[T any](unmarshal Unmarshal, e Event) (T, error) {
 	var v T
-	if err := unmarshal(e.Data, &v); err != nil {
-		return v, fmt.Errorf("decode %s data of event %s: %w", e.Type, e.ID, err)
+	err := DecodeDataInto(unmarshal, e, &v)
+	return v, err
+}
+
+// DecodeDataInto is DecodeDataWith decoding into v, a pointer.
+func DecodeDataInto(unmarshal Unmarshal, e Event, v any) error {
+	if err := unmarshal(e.Data, v); err != nil {
+		return fmt.Errorf("decode %s data of event %s: %w", e.Type, e.ID, err)
 	}
-	return v, nil
+	return nil
 }
 
 // ConversationOf returns the conversation state carried by a conversation.created,

@@ -70,13 +70,19 @@ func BenchmarkProjector(b *testing.B) {
 var (
 	replayEvents  = flag.Int("replay.events", 0, "events BenchmarkReplay publishes and rebuilds (default 1,000,000, or 50,000 with -short)")
 	replayProfile = flag.String("replay.cpuprofile", "", "write a CPU profile of BenchmarkReplay's timed rebuild alone (not its setup) to this file")
+	replayAllocs  = flag.String("replay.memprofile", "", "write heap profiles to this file and to this file .base, at the end and at the start of BenchmarkReplay's timed rebuild: go tool pprof -sample_index alloc_space -base FILE.base FILE shows what the rebuild alone allocated")
 )
 
 // startReplayProfile starts the CPU profile that -replay.cpuprofile asks for; -test.cpuprofile
 // would profile the untimed setup too, which takes longer than the rebuild.
 func startReplayProfile(b *testing.B) (stop func()) {
+	stop = func() {}
+	if *replayAllocs != "" {
+		writeHeapProfile(b, *replayAllocs+".base")
+		stop = func() { writeHeapProfile(b, *replayAllocs) }
+	}
 	if *replayProfile == "" {
-		return func() {}
+		return stop
 	}
 	out, err := os.Create(*replayProfile)
 	if err != nil {
@@ -90,6 +96,19 @@ func startReplayProfile(b *testing.B) (stop func()) {
 		if err := out.Close(); err != nil {
 			b.Error(err)
 		}
+		stop()
+	}
+}
+
+// writeHeapProfile writes the heap profile, allocations since the start included, to path.
+func writeHeapProfile(b *testing.B, path string) {
+	out, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer out.Close()
+	if err := pprof.Lookup("allocs").WriteTo(out, 0); err != nil {
+		b.Fatal(err)
 	}
 }
 

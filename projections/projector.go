@@ -5,10 +5,12 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -220,32 +222,50 @@ func (d decoded) one(i int) decoded {
 
 // decode decodes the events of msgs.
 func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
-	d := decoded{msgs: msgs, events: make([]domain.Event, len(msgs)), data: make([]messageData, len(msgs))}
-	for i, m := range msgs {
+	d := newDecoded(len(msgs))
+	for _, m := range msgs {
 		meta, err := m.Metadata()
 		if err != nil {
 			return d, fmt.Errorf("metadata of delivered message: %w", err)
 		}
-		d.pending = meta.NumPending
-		e, err := domain.DecodeEventWith(decodeJSON, m.Data())
-		if errors.Is(err, domain.ErrNewerSchema) {
-			// Skipping it would leave read models that differ from a rebuild: stop here, loudly,
-			// until this node runs a chatd that reads it (readyz reports the error meanwhile).
-			return d, fmt.Errorf("event at %d needs a newer chatd: %w", meta.Sequence.Stream, err)
+		if err := p.add(&d, m, meta); err != nil {
+			return d, err
 		}
-		if err != nil {
-			// Only chatd appends to the stream, and it validates what it appends; an event it
-			// cannot read is logged loudly and skipped rather than stopping every conversation.
-			p.log.Error("skipping undecodable event", "seq", meta.Sequence.Stream, "subject", m.Subject(), "err", err)
-			e = domain.Event{Type: "undecodable"}
-		}
-		if e.Type == domain.TypeMessageCreated {
-			d.data[i].MessageData, d.data[i].err = domain.DecodeDataWith[domain.MessageData](decodeJSON, e)
-		}
-		e.Seq = meta.Sequence.Stream
-		d.events[i] = e
 	}
 	return d, nil
+}
+
+// newDecoded returns an empty batch with room for n events.
+func newDecoded(n int) decoded {
+	return decoded{msgs: make([]jetstream.Msg, 0, n), events: make([]domain.Event, 0, n), data: make([]messageData, 0, n)}
+}
+
+// add decodes m, whose metadata is meta, onto the end of d. The events are decoded in place:
+// a batch is thousands of them in a catch-up, and a copy of each would double what the garbage
+// collector has to do.
+func (p *Projector) add(d *decoded, m jetstream.Msg, meta *jetstream.MsgMetadata) error {
+	d.msgs = append(d.msgs, m)
+	d.events = append(d.events, domain.Event{})
+	d.data = append(d.data, messageData{})
+	e, data := &d.events[len(d.events)-1], &d.data[len(d.data)-1]
+	d.pending = meta.NumPending
+	err := domain.DecodeEventInto(decodeJSON, m.Data(), e)
+	if errors.Is(err, domain.ErrNewerSchema) {
+		// Skipping it would leave read models that differ from a rebuild: stop here, loudly,
+		// until this node runs a chatd that reads it (readyz reports the error meanwhile).
+		return fmt.Errorf("event at %d needs a newer chatd: %w", meta.Sequence.Stream, err)
+	}
+	if err != nil {
+		// Only chatd appends to the stream, and it validates what it appends; an event it
+		// cannot read is logged loudly and skipped rather than stopping every conversation.
+		p.log.Error("skipping undecodable event", "seq", meta.Sequence.Stream, "subject", m.Subject(), "err", err)
+		e.Type = "undecodable"
+	}
+	if e.Type == domain.TypeMessageCreated {
+		data.err = domain.DecodeDataInto(decodeJSON, *e, &data.MessageData)
+	}
+	e.Seq = meta.Sequence.Stream
+	return nil
 }
 
 // applyBatch applies a decoded batch in one transaction with the checkpoint, then tells waiters.
@@ -265,8 +285,7 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	msgs, events, pending := d.msgs, d.events, d.pending
-
+	events, pending := d.events, d.pending
 	tx, err := p.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin projector transaction: %w", err)
@@ -291,23 +310,8 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 		}
 	}
 	b := &pgx.Batch{}
-	applied := make([]domain.Event, 0, len(events))
-	data := make([]messageData, 0, len(events))
-	var parkedNow int64
-	last := cp
-	for i, e := range events {
-		if e.Seq <= cp {
-			continue // applied before: a restart or another projector got here first
-		}
-		last = e.Seq
-		if e.ConversationID != "" && p.parkedConvs[e.ConversationID] {
-			queuePark(b, msgs[i], e, "an earlier event of this conversation is parked")
-			parkedNow++
-			continue
-		}
-		applied = append(applied, e)
-		data = append(data, d.data[i])
-	}
+	applied, data, parkedNow := p.skipApplied(b, d, cp)
+	last := max(cp, events[len(events)-1].Seq)
 	if p.bulk != nil {
 		// Without the messages key, changes wait for it and cannot come before their message.
 		p.bulk.begin(b, useCopy && (!p.bulk.indexed() || copyKeepsOrder(applied, data)), len(applied))
@@ -350,6 +354,27 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 	return nil
 }
 
+// skipApplied returns the events of d to apply after the checkpoint cp, with their data, and
+// queues the parking of those whose conversation has a parked event. Events are in stream order,
+// so those at or before cp come first; in the usual batch, with nothing parked, what is left is
+// a part of d itself rather than a copy.
+func (p *Projector) skipApplied(b *pgx.Batch, d decoded, cp uint64) (applied []domain.Event, data []messageData, parked int64) {
+	from, _ := slices.BinarySearchFunc(d.events, cp+1, func(e domain.Event, seq uint64) int { return cmp.Compare(e.Seq, seq) })
+	if len(p.parkedConvs) == 0 {
+		return d.events[from:], d.data[from:], 0
+	}
+	for i := from; i < len(d.events); i++ {
+		if e := d.events[i]; e.ConversationID != "" && p.parkedConvs[e.ConversationID] {
+			queuePark(b, d.msgs[i], e, "an earlier event of this conversation is parked")
+			parked++
+			continue
+		}
+		applied = append(applied, d.events[i])
+		data = append(data, d.data[i])
+	}
+	return applied, data, parked
+}
+
 // queue queues the statements of events onto b. Runs of consecutive message.created events (the
 // bulk of any stream) go to the read models that apply them set-based, a few statements per run
 // instead of a few per message; everything else is applied one event at a time, in order.
@@ -370,7 +395,7 @@ func (p *Projector) queue(b *pgx.Batch, events []domain.Event, data []messageDat
 				continue
 			}
 			for _, c := range run {
-				if err := m.apply(b, c.Event); err != nil {
+				if err := m.apply(b, *c.Event); err != nil {
 					return fmt.Errorf("apply %s at %d: %w", c.Type, c.Seq, err)
 				}
 			}
@@ -383,7 +408,7 @@ func (p *Projector) queue(b *pgx.Batch, events []domain.Event, data []messageDat
 			if err := data[i].err; err != nil {
 				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
 			}
-			run = append(run, created{Event: e, MessageData: data[i].MessageData})
+			run = append(run, created{&events[i], &data[i].MessageData})
 			continue
 		}
 		if err := flush(); err != nil {
@@ -398,10 +423,11 @@ func (p *Projector) queue(b *pgx.Batch, events []domain.Event, data []messageDat
 	return flush()
 }
 
-// created is a message.created event with its data decoded.
+// created is a message.created event with its data decoded: pointers into the batch that holds
+// them, since runs of them are passed on and collected by the thousand.
 type created struct {
-	domain.Event
-	domain.MessageData
+	*domain.Event
+	*domain.MessageData
 }
 
 // bulkCreated is implemented by read models that apply a run of message.created events at once.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -334,5 +335,49 @@ func TestParkAfterSwitchOver(t *testing.T) {
 		ProjectorName).Scan(&parked, &cp))
 	if parked != 0 || cp != res.Seq {
 		t.Fatalf("the rebuilt tables have %d parked events and checkpoint %d, want 0 and %d", parked, cp, res.Seq)
+	}
+}
+
+// An event that cannot be decoded is skipped, and the events after it applied; an event of a
+// newer schema stops the projector before it, in the batch and in every batch after, since
+// skipping it would leave read models that no rebuild by a newer chatd would.
+func TestProjectorSkipsUndecodableAndStopsAtNewerSchema(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	send := func(text string) {
+		_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, text, text)
+		f.check(err)
+	}
+	count := func() int {
+		var n int
+		f.check(f.pool.QueryRow(f.ctx, `SELECT count(*) FROM messages`).Scan(&n))
+		return n
+	}
+	send("one")
+	_, err := f.js.Publish(f.ctx, "chat.evt.garbage", []byte("not an event"))
+	f.check(err)
+	send("two")
+	p := f.projector()
+	f.run(p)
+	f.waitFor(p, f.lastSeq())
+	if n := count(); n != 2 {
+		t.Fatalf("%d messages projected around the undecodable event, want 2", n)
+	}
+
+	newer := fmt.Sprintf(`{"v":%d,"id":"e-newer","type":"message.created","conversation_id":%q,"actor":"alice","time":"2026-11-30T00:00:00Z","data":{}}`,
+		domain.SchemaVersion+1, d.ID)
+	ack, err := f.js.Publish(f.ctx, "chat.evt.newer", []byte(newer))
+	f.check(err)
+	send("three")
+	f.eventually("the projector reports the newer event", func() (bool, error) {
+		st, err := p.Status(f.ctx)
+		return strings.Contains(st.Error, "needs a newer chatd"), err
+	})
+	time.Sleep(200 * time.Millisecond) // it retries: it must keep stopping there
+	if pos := p.Position(); pos != ack.Sequence-1 {
+		t.Fatalf("projector at %d, want %d, just before the newer event", pos, ack.Sequence-1)
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("%d messages projected, want 2: nothing after the newer event", n)
 	}
 }

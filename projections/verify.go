@@ -220,6 +220,7 @@ func (p *Projector) fetchUpTo(ctx context.Context, cons jetstream.Consumer, afte
 	watchdog := time.AfterFunc(fetchStall, func() { stalled.Store(true); it.Stop() })
 	defer watchdog.Stop()
 	for f := (fetched{last: after}); ; f = (fetched{last: f.last}) {
+		f.batch = newDecoded(p.batchSize)
 		for len(f.batch.msgs) < p.batchSize && f.last < upTo && !f.end {
 			m, err := it.Next()
 			if stalled.Load() {
@@ -240,12 +241,11 @@ func (p *Projector) fetchUpTo(ctx context.Context, cons jetstream.Consumer, afte
 				f.end = true
 				break
 			}
-			f.batch.msgs = append(f.batch.msgs, m)
+			if f.err = p.add(&f.batch, m, meta); f.err != nil {
+				break
+			}
 			f.last = meta.Sequence.Stream
 			f.end = meta.NumPending == 0
-		}
-		if f.err == nil && len(f.batch.msgs) > 0 {
-			f.batch, f.err = p.decode(f.batch.msgs)
 		}
 		if f.last >= upTo {
 			f.end = true
