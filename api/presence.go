@@ -14,6 +14,7 @@ type Presence interface {
 	Connect(ctx context.Context, user string) (key string, err error)
 	Refresh(ctx context.Context, key string) error
 	Disconnect(ctx context.Context, key string) (stillOnline bool, err error)
+	UserOnline(ctx context.Context, user string) (bool, error)
 	Online(ctx context.Context, users []string) ([]string, error)
 }
 
@@ -63,7 +64,7 @@ func (s *server) announce(user string, online bool) {
 	if !online {
 		// A reload's new connection may have come up meanwhile: do not let a late "offline"
 		// overtake its "online".
-		if now, err := s.Presence.Online(ctx, []string{user}); err == nil && len(now) > 0 {
+		if now, err := s.Presence.UserOnline(ctx, user); err == nil && now {
 			return
 		}
 	}

@@ -127,3 +127,51 @@ func benchConversation(b *testing.B) (jetstream.JetStream, jetstream.Stream, *st
 	}
 	return js, st, store, c
 }
+
+// BenchmarkPresence measures the presence calls a WebSocket connection makes, against a bucket
+// holding 2,000 other users' connections: connecting and closing the only connection of a user
+// (Disconnect must then find them offline), one user's presence (what a disconnect announces),
+// and the presence of a direct conversation's two members.
+//
+//	go test -run '^$' -bench Presence ./streams
+func BenchmarkPresence(b *testing.B) {
+	js, err := jetstream.New(natstest.Connect(b, natstest.RunServer(b, "")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	p, err := streams.SetupPresence(ctx, js, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 2000 {
+		if _, err := p.Connect(ctx, fmt.Sprint("u", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("connect+disconnect", func(b *testing.B) {
+		for b.Loop() {
+			key, err := p.Connect(ctx, "alice")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if still, err := p.Disconnect(ctx, key); err != nil || still {
+				b.Fatalf("disconnect: still online %v, err %v", still, err)
+			}
+		}
+	})
+	b.Run("user-online", func(b *testing.B) {
+		for b.Loop() {
+			if online, err := p.UserOnline(ctx, "u1"); err != nil || !online {
+				b.Fatalf("u1 online %v, err %v", online, err)
+			}
+		}
+	})
+	b.Run("online-of-2", func(b *testing.B) {
+		for b.Loop() {
+			if online, err := p.Online(ctx, []string{"u1", "alice"}); err != nil || len(online) != 1 {
+				b.Fatalf("online %v, err %v", online, err)
+			}
+		}
+	})
+}

@@ -30,8 +30,9 @@ const PresenceTTL = 45 * time.Second
 
 // Presence tracks who is online across all chatd nodes.
 type Presence struct {
-	kv jetstream.KeyValue
-	nc *nats.Conn
+	kv     jetstream.KeyValue
+	stream jetstream.Stream // the bucket's stream, for purges
+	nc     *nats.Conn
 }
 
 // SetupPresence creates or updates the presence bucket (memory storage: presence is not worth
@@ -52,7 +53,11 @@ func SetupPresence(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	if err := awaitLeader(ctx, js, presenceStream, presenceKeys+"probe"); err != nil {
 		return nil, err
 	}
-	return &Presence{kv: kv, nc: js.Conn()}, nil
+	stream, err := js.Stream(ctx, presenceStream)
+	if err != nil {
+		return nil, fmt.Errorf("stream of KV %s: %w", PresenceBucket, err)
+	}
+	return &Presence{kv: kv, stream: stream, nc: js.Conn()}, nil
 }
 
 // Connect records a new connection of user and returns its key.
@@ -73,35 +78,46 @@ func (p *Presence) Refresh(ctx context.Context, key string) error {
 }
 
 // Disconnect removes a connection's key and reports whether its user is still online through
-// another connection. The listing of the user's keys may come from a replica that has not seen
-// the delete yet, so each key it lists is checked on the bucket's leader: otherwise a user
-// closing their last connection could be left online.
+// another connection.
+//
+// The key is purged rather than deleted: a KV delete leaves a marker on the key's subject until
+// the bucket's TTL removes it, and since every connection has a key of its own, a user who
+// reconnects often would leave a trail of markers for every later look-up to step over.
 func (p *Presence) Disconnect(ctx context.Context, key string) (stillOnline bool, err error) {
-	if err := p.kv.Delete(ctx, key); err != nil {
-		return false, fmt.Errorf("delete presence %s: %w", key, err)
+	if err := p.stream.Purge(ctx, jetstream.WithPurgeSubject(presenceKeys+key)); err != nil {
+		return false, fmt.Errorf("purge presence %s: %w", key, err)
 	}
 	user, _, _ := strings.Cut(key, ".")
-	keys, err := p.keys(ctx, []string{user})
-	if err != nil {
-		return false, err
-	}
-	for _, k := range keys {
-		_, h, err := getFromLeader(ctx, p.nc, msgGetSubject(presenceStream), msgGetRequest{LastFor: presenceKeys + k})
+	return p.UserOnline(ctx, user)
+}
+
+// UserOnline reports whether user has at least one open connection. It asks the bucket's
+// leader, which has applied every put and purge that was acknowledged: a replica may not have
+// seen a purge yet, and would leave a user who closed their last connection online. It steps
+// through the user's keys in stream order and stops at the first live one, so it usually takes
+// one request.
+func (p *Presence) UserOnline(ctx context.Context, user string) (bool, error) {
+	req := msgGetRequest{NextFor: presenceKeys + user + ".*"}
+	for {
+		m, h, err := getFromLeader(ctx, p.nc, msgGetSubject(presenceStream), req)
 		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound): // expired
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return false, nil
 		case err != nil:
-			return false, err
+			return false, domain.Unavailable("presence is unavailable", fmt.Errorf("read presence of %s: %w", user, err))
 		case h.Get(kvOperation) == "": // a put: the key is live
 			return true, nil
 		}
+		req.Seq = m.Sequence + 1 // a delete or purge marker (a KV client's, not chatd's)
 	}
-	return false, nil
 }
 
 // kvOperation is the header that marks a KV delete or purge.
 const kvOperation = "KV-Operation"
 
-// Online returns those of users who have at least one open connection.
+// Online returns those of users who have at least one open connection. It lists the users' keys
+// with a consumer of the bucket, one request for any number of users, which a replica may answer
+// a moment behind the leader: for showing presence, not for deciding on it (UserOnline).
 func (p *Presence) Online(ctx context.Context, users []string) ([]string, error) {
 	keys, err := p.keys(ctx, users)
 	seen := map[string]bool{}
