@@ -362,10 +362,17 @@ func (sc *scratch) bulkLoad(ctx context.Context, p *Projector, upTo uint64, prog
 	}
 	p.bulk = newBulkLoad(p.models, build)
 	defer func() { p.bulk = nil }()
+	start := time.Now()
 	if err := p.catchUp(ctx, upTo, progress); err != nil {
 		return err
 	}
-	return p.bulk.finish(ctx, p)
+	loaded := time.Now()
+	if err := p.bulk.finish(ctx, p); err != nil {
+		return err
+	}
+	p.log.Info("bulk load done", "schema", sc.schema, "seq", upTo, "applied", loaded.Sub(start).Round(time.Millisecond),
+		"indexed", time.Since(loaded).Round(time.Millisecond))
+	return nil
 }
 
 // drop closes the pool and drops the schema.
