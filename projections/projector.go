@@ -347,7 +347,7 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 		p.applied.Add(uint64(len(applied)))
 		p.Metrics.Batch(len(applied), time.Since(start), last, pending, applied[len(applied)-1].Time)
 	}
-	p.advance(max(last, events[len(events)-1].Seq))
+	p.advance(last)
 	if p.Publish != nil {
 		p.publish(pushes(audience, applied))
 	}
