@@ -2,6 +2,7 @@ package streams_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -106,11 +107,14 @@ func BenchmarkSendMessageHistory(b *testing.B) {
 	}
 }
 
+// benchEpoch is the epoch size of the benchmarks' streams, to compare layouts.
+var benchEpoch = flag.Uint64("send.epoch", streams.DefaultEpochSize, "epoch size of the send benchmarks' stream")
+
 // benchConversation starts a server with the events stream and returns a store on it and a
 // direct conversation between alice and bob.
 func benchConversation(b *testing.B) (jetstream.JetStream, jetstream.Stream, *streams.Store, domain.Conversation) {
 	s := natstest.RunServer(b, "")
-	js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{EpochSize: streams.DefaultEpochSize})
+	js, st := natstest.Stream(b, natstest.Connect(b, s), streams.Config{EpochSize: *benchEpoch})
 	store, err := streams.NewStore(js, st, domain.DefaultLimits)
 	if err != nil {
 		b.Fatal(err)
