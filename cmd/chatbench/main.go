@@ -105,6 +105,9 @@ func report(w io.Writer, r bench.Result) {
 	fmt.Fprintf(w, "messages    %d sent, %d acknowledged, %d errors in %s\n", r.Sent, r.Acked, r.Errors, r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "throughput  %.0f msg/s\n", r.Throughput)
 	fmt.Fprintf(w, "pushes      %d of %d delivered, %d lost, %d duplicated\n", r.Pushes, r.ExpectedPushes, r.LostPushes, r.Duplicates)
+	if r.ChatdCPU > 0 {
+		fmt.Fprintf(w, "chatd CPU   %.0f µs per message (the whole process but PostgreSQL)\n", float64(r.ChatdCPU)/float64(time.Microsecond))
+	}
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "first error %s\n", r.FirstError)
 	}

@@ -32,6 +32,9 @@ func TestLoadToolSmallRun(t *testing.T) {
 		if res.ExpectedPushes == 0 || res.Pushes != res.ExpectedPushes || res.LostPushes != 0 || res.Duplicates != 0 {
 			t.Fatalf("rate %v: pushes %d of %d, lost %d, duplicates %d", rate, res.Pushes, res.ExpectedPushes, res.LostPushes, res.Duplicates)
 		}
+		if res.ChatdCPU <= 0 || res.ChatdCPU > res.Elapsed {
+			t.Fatalf("rate %v: chatd CPU per message %v, over a run of %v", rate, res.ChatdCPU, res.Elapsed)
+		}
 		if res.POST.N != 200 || res.Push.N != res.Pushes || res.ReadVisible.N != 20 {
 			t.Fatalf("rate %v: samples: POST %d, push %d, read %d", rate, res.POST.N, res.Push.N, res.ReadVisible.N)
 		}

@@ -49,7 +49,13 @@ type Result struct {
 	Elapsed                 time.Duration
 	Throughput              float64 // acknowledged messages per second
 	POST, Push, ReadVisible Latency
-	FirstError              string `json:",omitempty"`
+	// ChatdCPU is chatd's CPU time per acknowledged message: its process_cpu_seconds_total, read
+	// from /metrics before the first send and once every push has arrived. It counts the whole
+	// process (HTTP, the embedded NATS server, the projector, WebSockets), not PostgreSQL, and is
+	// zero when /metrics cannot be read. It varies less between runs than throughput does on a
+	// machine whose speed drifts, so it is what to compare builds by.
+	ChatdCPU   time.Duration
+	FirstError string `json:",omitempty"`
 }
 
 // Latency summarises a sample of durations.
@@ -194,6 +200,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	// and its latencies count from then. A ticker instead drops ticks while the senders are busy,
 	// so a saturated chatd would get fewer messages and report the latency of only those
 	// ("coordinated omission").
+	cpuBefore, cpuErr := c.cpuSeconds(ctx)
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
 	var workers sync.WaitGroup
@@ -265,6 +272,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	waitUntil := time.Now().Add(cfg.PushWait)
 	for int(delivered.Load()) < expected && time.Now().Before(waitUntil) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
+	}
+	if cpuAfter, err := c.cpuSeconds(ctx); err == nil && cpuErr == nil && acked.Load() > 0 {
+		res.ChatdCPU = time.Duration((cpuAfter - cpuBefore) / float64(acked.Load()) * float64(time.Second))
 	}
 	closeAll()
 	conns = nil

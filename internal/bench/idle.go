@@ -101,3 +101,16 @@ func (c *client) metrics(ctx context.Context) (map[string]float64, error) {
 	}
 	return m, nil
 }
+
+// cpuSeconds reads chatd's process_cpu_seconds_total.
+func (c *client) cpuSeconds(ctx context.Context) (float64, error) {
+	m, err := c.metrics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m["process_cpu_seconds_total"]
+	if !ok {
+		return 0, errors.New("no process_cpu_seconds_total in chatd's /metrics")
+	}
+	return v, nil
+}
