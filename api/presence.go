@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -34,22 +35,54 @@ func (s *server) trackPresence(conn *wsConn) (done func()) {
 		return func() {}
 	}
 	s.announce(conn.user, true)
+	cp := &connPresence{p: s.Presence, key: key}
 	refresh := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := s.Presence.Refresh(ctx, key); err != nil {
+		if err := cp.refresh(ctx); err != nil {
 			s.Log.Warn("presence refresh failed", "err", err)
 		}
 	}
 	conn.onPing.Store(&refresh)
 	return func() {
+		conn.onPing.Store(nil)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		still, err := s.Presence.Disconnect(ctx, key)
+		still, err := cp.close(ctx)
 		cancel()
 		if err == nil && !still {
 			s.announce(conn.user, false)
 		}
 	}
+}
+
+// connPresence is one connection's presence key. Renewals run in goroutines of their own, from
+// the connection's writer, which may outlive its reader: one that is still under way when the
+// connection closes, or that starts after, must not put back the key that closing removed, or
+// the user would show online for a whole TTL after leaving.
+type connPresence struct {
+	p      Presence
+	key    string
+	mu     sync.Mutex // held across a renewal and across the close's removal of the key
+	closed bool
+}
+
+// refresh renews the key unless the connection has closed.
+func (c *connPresence) refresh(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	return c.p.Refresh(ctx, c.key)
+}
+
+// close removes the key, after any renewal under way, and reports whether the user is still
+// online through another connection.
+func (c *connPresence) close(ctx context.Context) (stillOnline bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return c.p.Disconnect(ctx, c.key)
 }
 
 // announce sends a presence frame about user to everyone who shares a conversation with them.

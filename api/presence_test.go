@@ -1,0 +1,63 @@
+package api
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/internal/natstest"
+	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// slowRefresh is the real presence bucket, with renewals that take a while: long enough for a
+// connection to close while one is under way.
+type slowRefresh struct {
+	*streams.Presence
+	started chan struct{}
+}
+
+func (s slowRefresh) Refresh(ctx context.Context, key string) error {
+	select {
+	case s.started <- struct{}{}:
+	default:
+	}
+	time.Sleep(100 * time.Millisecond)
+	return s.Presence.Refresh(ctx, key)
+}
+
+// A renewal under way when the connection closes, or one that starts after, does not put back
+// the key that closing removed: the user is offline once their last connection has closed.
+func TestPresenceRenewalDoesNotOutliveClose(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := streams.SetupPresence(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := p.Connect(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{}, 1)
+	cp := &connPresence{p: slowRefresh{p, started}, key: key}
+	renewed := make(chan error, 1)
+	go func() { renewed <- cp.refresh(ctx) }()
+	<-started
+	if still, err := cp.close(ctx); err != nil || still {
+		t.Fatalf("close: still online %v, err %v", still, err)
+	}
+	if err := <-renewed; err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.refresh(ctx); err != nil { // a heartbeat after the close
+		t.Fatal(err)
+	}
+	if online, err := p.UserOnline(ctx, "alice"); err != nil || online {
+		t.Fatalf("alice online %v (err %v) after her only connection closed", online, err)
+	}
+}
