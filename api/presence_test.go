@@ -7,7 +7,6 @@ import (
 
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/streams"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // slowRefresh is the real presence bucket, with renewals that take a while: long enough for a
@@ -31,14 +30,7 @@ func (s slowRefresh) Refresh(ctx context.Context, key string) error {
 func TestPresenceRenewalDoesNotOutliveClose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, "")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := streams.SetupPresence(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, p := natstest.Presence(t)
 	key, err := p.Connect(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)

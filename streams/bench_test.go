@@ -139,15 +139,8 @@ func benchConversation(b *testing.B) (jetstream.JetStream, jetstream.Stream, *st
 //
 //	go test -run '^$' -bench Presence ./streams
 func BenchmarkPresence(b *testing.B) {
-	js, err := jetstream.New(natstest.Connect(b, natstest.RunServer(b, "")))
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, p := natstest.Presence(b)
 	ctx := context.Background()
-	p, err := streams.SetupPresence(ctx, js, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
 	for i := range 2000 {
 		if _, err := p.Connect(ctx, fmt.Sprint("u", i)); err != nil {
 			b.Fatal(err)

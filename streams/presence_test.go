@@ -18,14 +18,7 @@ import (
 func TestPresence(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	js, err := jetstream.New(natstest.Connect(t, natstest.RunServer(t, "")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := streams.SetupPresence(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, p := natstest.Presence(t)
 	connect := func(user string) string {
 		t.Helper()
 		key, err := p.Connect(ctx, user)

@@ -71,3 +71,20 @@ func Stream(tb testing.TB, nc *nats.Conn, cfg streams.Config) (jetstream.JetStre
 	}
 	return js, st
 }
+
+// Presence starts a server, sets up the presence bucket on it and returns JetStream and the
+// presence tracker.
+func Presence(tb testing.TB) (jetstream.JetStream, *streams.Presence) {
+	tb.Helper()
+	js, err := jetstream.New(Connect(tb, RunServer(tb, "")))
+	if err != nil {
+		tb.Fatalf("jetstream: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := streams.SetupPresence(ctx, js, 1)
+	if err != nil {
+		tb.Fatalf("setup presence: %v", err)
+	}
+	return js, p
+}
