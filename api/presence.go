@@ -46,9 +46,7 @@ func (s *server) trackPresence(conn *wsConn) (done func()) {
 	conn.onPing.Store(&refresh)
 	return func() {
 		conn.onPing.Store(nil)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		still, err := cp.close(ctx)
-		cancel()
+		still, err := cp.close(5 * time.Second)
 		if err == nil && !still {
 			s.announce(conn.user, false)
 		}
@@ -77,11 +75,14 @@ func (c *connPresence) refresh(ctx context.Context) error {
 }
 
 // close removes the key, after any renewal under way, and reports whether the user is still
-// online through another connection.
-func (c *connPresence) close(ctx context.Context) (stillOnline bool, err error) {
+// online through another connection. Its timeout starts once the renewal is done: a renewal
+// that hangs until its own timeout must not leave the removal none.
+func (c *connPresence) close(timeout time.Duration) (stillOnline bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closed = true
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	return c.p.Disconnect(ctx, c.key)
 }
 

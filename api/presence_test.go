@@ -10,7 +10,7 @@ import (
 )
 
 // slowRefresh is the real presence bucket, with renewals that take a while: long enough for a
-// connection to close while one is under way.
+// connection to close while one is under way, and longer than the close's own timeout.
 type slowRefresh struct {
 	*streams.Presence
 	started chan struct{}
@@ -21,12 +21,13 @@ func (s slowRefresh) Refresh(ctx context.Context, key string) error {
 	case s.started <- struct{}{}:
 	default:
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(600 * time.Millisecond)
 	return s.Presence.Refresh(ctx, key)
 }
 
 // A renewal under way when the connection closes, or one that starts after, does not put back
-// the key that closing removed: the user is offline once their last connection has closed.
+// the key that closing removed: the user is offline once their last connection has closed. The
+// close's timeout counts from when the renewal is done, not from when the close began.
 func TestPresenceRenewalDoesNotOutliveClose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -40,7 +41,7 @@ func TestPresenceRenewalDoesNotOutliveClose(t *testing.T) {
 	renewed := make(chan error, 1)
 	go func() { renewed <- cp.refresh(ctx) }()
 	<-started
-	if still, err := cp.close(ctx); err != nil || still {
+	if still, err := cp.close(500 * time.Millisecond); err != nil || still {
 		t.Fatalf("close: still online %v, err %v", still, err)
 	}
 	if err := <-renewed; err != nil {
