@@ -32,3 +32,12 @@ func Migrate(ctx context.Context, conn *pgx.Conn) error {
 	}
 	return nil
 }
+
+// Latest is the schema version this build migrates to: the number of its migrations.
+func Latest() (int32, error) {
+	names, err := migrate.FindMigrations(files)
+	if err != nil {
+		return 0, fmt.Errorf("find migrations: %w", err)
+	}
+	return int32(len(names)), nil
+}

@@ -291,8 +291,27 @@ type scratch struct {
 	live   *pgxpool.Pool
 }
 
-// newScratch creates and migrates a schema named prefix_<time> next to the live read models.
+// newScratch creates and migrates a schema named prefix_<time> next to the live read models. The
+// live read models must be at the schema version this build migrates to: tables built by an
+// older chatd during a rolling upgrade would lack what the newer one migrated, and a rebuild
+// would swap them in.
 func newScratch(ctx context.Context, live *pgxpool.Pool, prefix string) (*scratch, error) {
+	latest, err := migrations.Latest()
+	if err != nil {
+		return nil, err
+	}
+	var version int32
+	if err := live.QueryRow(ctx, `SELECT version FROM `+migrations.VersionTable).Scan(&version); err != nil {
+		return nil, readErr(err, "read the schema version")
+	}
+	switch {
+	case version > latest:
+		return nil, domain.Errorf(domain.CodeConflict, "the read models are at schema version %d, newer than this chatd's %d: "+
+			"rebuild from a node that runs the newer chatd", version, latest)
+	case version < latest:
+		return nil, domain.Errorf(domain.CodeConflict, "the read models are at schema version %d, older than this chatd's %d: "+
+			"run chatd migrate first", version, latest)
+	}
 	schema := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
 	if _, err := live.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		return nil, fmt.Errorf("create schema %s: %w", schema, err)
@@ -300,7 +319,6 @@ func newScratch(ctx context.Context, live *pgxpool.Pool, prefix string) (*scratc
 	sc := &scratch{schema: schema, live: live}
 	cfg := live.Config().Copy()
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
-	var err error
 	if sc.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		sc.drop(ctx, nil)
 		return nil, fmt.Errorf("connect to schema %s: %w", schema, err)

@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/chatd-dev/chatd/domain"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
@@ -386,4 +388,38 @@ func (f *fixture) projectOneMessage() {
 	live := f.projector()
 	f.run(live)
 	f.waitFor(live, f.lastSeq())
+}
+
+// A rebuild or a verify by a chatd whose schema differs from the read models' is refused before
+// it builds anything: during a rolling upgrade an older node would otherwise swap in tables
+// without what the newer one migrated.
+func TestRebuildRefusesAnotherSchemaVersion(t *testing.T) {
+	f := newFixture(t)
+	f.direct("alice", "bob")
+	for _, tc := range []struct {
+		change, want string
+	}{
+		{"version + 1", "newer than this chatd's"},
+		{"version - 1", "older than this chatd's"},
+	} {
+		_, err := f.pool.Exec(f.ctx, `UPDATE schema_version SET version = `+tc.change)
+		f.check(err)
+		_, rebuildErr := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{})
+		_, verifyErr := Verify(f.ctx, f.pool, f.stream, discardLog(), nil)
+		for _, err := range []error{rebuildErr, verifyErr} {
+			if err == nil || !strings.Contains(err.Error(), tc.want) || domain.ErrorCode(err) != domain.CodeConflict {
+				t.Fatalf("schema version %s: %v, want a conflict saying %q", tc.change, err, tc.want)
+			}
+		}
+		_, err = f.pool.Exec(f.ctx, `UPDATE schema_version SET version = `+strings.NewReplacer("+", "-", "-", "+").Replace(tc.change))
+		f.check(err)
+		var scratch int
+		f.check(f.pool.QueryRow(f.ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'chatd_rebuild_%' OR nspname LIKE 'chatd_verify_%'`).Scan(&scratch))
+		if scratch != 0 {
+			t.Fatalf("%d scratch schemas left", scratch)
+		}
+	}
+	if _, err := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{}); err != nil {
+		t.Fatalf("rebuild at the same schema version: %v", err)
+	}
 }
