@@ -20,12 +20,9 @@ const VersionTable = "schema_version"
 // Migrate brings the database behind conn to the newest schema. It is safe to run from several
 // processes at once: tern serialises them with an advisory lock.
 func Migrate(ctx context.Context, conn *pgx.Conn) error {
-	m, err := migrate.NewMigrator(ctx, conn, VersionTable)
+	m, err := migrator(ctx, conn)
 	if err != nil {
-		return fmt.Errorf("prepare migrator: %w", err)
-	}
-	if err := m.LoadMigrations(files); err != nil {
-		return fmt.Errorf("load migrations: %w", err)
+		return err
 	}
 	if err := m.Migrate(ctx); err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -33,11 +30,28 @@ func Migrate(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// Latest is the schema version this build migrates to: the number of its migrations.
-func Latest() (int32, error) {
-	names, err := migrate.FindMigrations(files)
+// Versions returns the schema version of the database behind conn and the one this build
+// migrates to.
+func Versions(ctx context.Context, conn *pgx.Conn) (current, latest int32, err error) {
+	m, err := migrator(ctx, conn)
 	if err != nil {
-		return 0, fmt.Errorf("find migrations: %w", err)
+		return 0, 0, err
 	}
-	return int32(len(names)), nil
+	current, err = m.GetCurrentVersion(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the schema version: %w", err)
+	}
+	return current, int32(len(m.Migrations)), nil
+}
+
+// migrator is tern's migrator for the database behind conn, with this build's migrations.
+func migrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
+	m, err := migrate.NewMigrator(ctx, conn, VersionTable)
+	if err != nil {
+		return nil, fmt.Errorf("prepare migrator: %w", err)
+	}
+	if err := m.LoadMigrations(files); err != nil {
+		return nil, fmt.Errorf("load migrations: %w", err)
+	}
+	return m, nil
 }

@@ -296,12 +296,13 @@ type scratch struct {
 // older chatd during a rolling upgrade would lack what the newer one migrated, and a rebuild
 // would swap them in.
 func newScratch(ctx context.Context, live *pgxpool.Pool, prefix string) (*scratch, error) {
-	latest, err := migrations.Latest()
+	conn, err := live.Acquire(ctx)
 	if err != nil {
-		return nil, err
+		return nil, readErr(err, "connect to read the schema version")
 	}
-	var version int32
-	if err := live.QueryRow(ctx, `SELECT version FROM `+migrations.VersionTable).Scan(&version); err != nil {
+	version, latest, err := migrations.Versions(ctx, conn.Conn())
+	conn.Release()
+	if err != nil {
 		return nil, readErr(err, "read the schema version")
 	}
 	switch {
@@ -323,7 +324,7 @@ func newScratch(ctx context.Context, live *pgxpool.Pool, prefix string) (*scratc
 		sc.drop(ctx, nil)
 		return nil, fmt.Errorf("connect to schema %s: %w", schema, err)
 	}
-	conn, err := sc.pool.Acquire(ctx)
+	conn, err = sc.pool.Acquire(ctx)
 	if err == nil {
 		err = migrations.Migrate(ctx, conn.Conn())
 		conn.Release()
