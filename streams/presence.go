@@ -119,21 +119,6 @@ const kvOperation = "KV-Operation"
 // with a consumer of the bucket, one request for any number of users, which a replica may answer
 // a moment behind the leader: for showing presence, not for deciding on it (UserOnline).
 func (p *Presence) Online(ctx context.Context, users []string) ([]string, error) {
-	keys, err := p.keys(ctx, users)
-	seen := map[string]bool{}
-	var online []string
-	for _, key := range keys {
-		user, _, _ := strings.Cut(key, ".")
-		if !seen[user] {
-			seen[user] = true
-			online = append(online, user)
-		}
-	}
-	return online, err
-}
-
-// keys lists the connection keys of users.
-func (p *Presence) keys(ctx context.Context, users []string) ([]string, error) {
 	if len(users) == 0 {
 		return nil, nil
 	}
@@ -146,9 +131,14 @@ func (p *Presence) keys(ctx context.Context, users []string) ([]string, error) {
 		return nil, domain.Unavailable("presence is unavailable", fmt.Errorf("list presence: %w", err))
 	}
 	defer lister.Stop() //nolint:errcheck // only stops the listing
-	var keys []string
+	seen := map[string]bool{}
+	var online []string
 	for key := range lister.Keys() {
-		keys = append(keys, key)
+		user, _, _ := strings.Cut(key, ".")
+		if !seen[user] {
+			seen[user] = true
+			online = append(online, user)
+		}
 	}
-	return keys, nil
+	return online, nil
 }
