@@ -124,7 +124,7 @@ type wsConn struct {
 	slow   atomic.Bool // closing as too slow
 	state  sync.Mutex  // guards live, floor and pending
 	live   bool
-	floor  uint64 // live frames at or below this seq were replayed (or predate the client)
+	floor  uint64 // live frames at or below this seq were sent, replayed or predate the client
 	// pending holds live frames that arrive while the replay runs.
 	pending []pendingFrame
 }
@@ -147,11 +147,17 @@ func (c *wsConn) deliver(seq uint64, frame []byte) {
 		c.state.Unlock()
 		return
 	}
-	floor := c.floor
-	c.state.Unlock()
-	if seq != 0 && seq <= floor {
-		return
+	// Live frames come in stream order, so one at or below the last is one the client has: a
+	// new projector leader pushes its predecessor's last events again (see
+	// projections.Projector.repush).
+	if seq != 0 {
+		if seq <= c.floor {
+			c.state.Unlock()
+			return
+		}
+		c.floor = seq
 	}
+	c.state.Unlock()
 	c.enqueue(frame)
 }
 
@@ -170,10 +176,12 @@ func (c *wsConn) goLive(ctx context.Context, floor uint64) error {
 		}
 		c.state.Unlock()
 		for _, p := range batch {
-			if p.seq == 0 || p.seq > floor {
-				if err := c.enqueueWait(ctx, p.frame); err != nil {
-					return err
-				}
+			if p.seq != 0 && p.seq <= floor {
+				continue
+			}
+			floor = max(floor, p.seq)
+			if err := c.enqueueWait(ctx, p.frame); err != nil {
+				return err
 			}
 		}
 	}

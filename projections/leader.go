@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // One projector leads; the others stand by. Every chatd node runs a projector, but only the one
@@ -101,4 +105,82 @@ func (p *Projector) session(ctx context.Context) error {
 		err = cause
 	}
 	return err
+}
+
+// errDeposed stops a leader whose lock session ended unnoticed while another projector took the
+// lead: it must commit nothing more, and stands by again.
+var errDeposed = errors.New("another projector took the lead")
+
+// takeOver starts this projector's term as leader and returns the checkpoint it starts from. The
+// term is incremented in the checkpoint row, and every batch checks it under the row's lock
+// (lockCheckpoint). So a leader whose lock session died without its noticing (its pings notice
+// within seconds) commits nothing after this: it cannot interleave its pushes with ours.
+func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
+	if _, err := p.checkpoint(ctx); err != nil { // creates the row on first use
+		return 0, err
+	}
+	var cp uint64
+	if err := p.pool.QueryRow(ctx, `UPDATE projector_checkpoints SET term = term + 1 WHERE name = $1
+		RETURNING seq, term, tableoid::oid`, p.name).Scan(&cp, &p.term, &p.tables); err != nil {
+		return 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
+	}
+	return cp, nil
+}
+
+// repushWindow is how many events before its checkpoint a new leader pushes again. A leader
+// pushes a batch after committing it, before it starts the next, into its NATS connection's
+// buffer, which a goroutine of the client flushes: a leader that dies may have committed a batch
+// it never pushed, and left the pushes of the one before unflushed. Two batches cover both.
+func (p *Projector) repushWindow() uint64 { return 2 * uint64(p.batchSize) }
+
+// repush publishes again the pushes of the last events up to the checkpoint cp, as the leader
+// before would have (push after commit holds: they are committed). When that leader died between
+// commit and publish, clients connected to other nodes get those frames now rather than at their
+// next resume. Every other frame is one they had: connections drop a seq they have passed
+// (api's wsConn, and clients by contract), and these go out before anything newer.
+func (p *Projector) repush(ctx context.Context, cp uint64) error {
+	if p.Publish == nil || cp == 0 {
+		return nil
+	}
+	from := cp - min(cp, p.repushWindow()) // exclusive
+	cons, err := p.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{streams.SubjectRoot},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("create consumer to push %d..%d again: %w", from+1, cp, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	steps := make(chan fetched, 1)
+	go p.fetchUpTo(ctx, cons, from, cp, steps)
+	var events []domain.Event
+	for f := range steps {
+		if f.err != nil {
+			return f.err
+		}
+		events = append(events, f.batch.events...)
+	}
+	// The events the previous leader pushed are those it applied: not the parked ones.
+	rows, _ := p.pool.Query(ctx, `SELECT seq FROM parked_events WHERE seq > $1 AND seq <= $2`, from, cp)
+	parked, err := pgx.CollectRows(rows, pgx.RowTo[uint64])
+	if err != nil {
+		return fmt.Errorf("read parked events to push again: %w", err)
+	}
+	events = slices.DeleteFunc(events, func(e domain.Event) bool { return slices.Contains(parked, e.Seq) })
+	if len(events) == 0 {
+		return nil
+	}
+	// The read models hold the state at cp, after these events: rewind the members to before
+	// them, so each event goes to the audience it had.
+	audience, err := membersOf(ctx, p.pool, events)
+	if err != nil {
+		return err
+	}
+	audience.rewind(events)
+	list := pushes(audience, events)
+	p.publish(list)
+	p.log.Info("pushed the last events again on taking the lead", "from", events[0].Seq, "to", events[len(events)-1].Seq, "pushes", len(list))
+	return nil
 }

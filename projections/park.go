@@ -82,15 +82,11 @@ func (p *Projector) park(ctx context.Context, m jetstream.Msg, cause error) erro
 		return fmt.Errorf("begin parking: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	var cp uint64
-	var tables uint32
-	if err := tx.QueryRow(ctx, `SELECT seq, tableoid::oid FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp, &tables); err != nil {
-		return fmt.Errorf("lock checkpoint to park: %w", err)
-	}
 	// As in applyBatch: tables rebuilt and switched over since the event was rejected may well
 	// accept it, so it is applied again from the new checkpoint rather than parked in them.
-	if p.tables != 0 && tables != p.tables {
-		return errSwitched
+	cp, err := p.lockCheckpoint(ctx, tx)
+	if err != nil {
+		return err
 	}
 	if e.Seq <= cp {
 		return nil // another projector got past it

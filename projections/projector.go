@@ -54,6 +54,8 @@ type Projector struct {
 	Publish func(subject string, seq uint64, data []byte) error
 
 	pos atomic.Uint64 // the read models hold every event up to here
+	// term is the checkpoint row's term this projector commits under (see takeOver).
+	term uint64
 	// tables identifies the checkpoint table this session started on; another one means the
 	// read models were rebuilt and switched over under it (see Rebuild).
 	tables uint32
@@ -107,6 +109,10 @@ func (p *Projector) Run(ctx context.Context) {
 			p.log.Info("read models switched over by a rebuild; continuing from the new checkpoint")
 			continue
 		}
+		if errors.Is(err, errDeposed) {
+			p.log.Warn("another node's projector took the lead while this one's lock session was gone; standing by")
+			continue
+		}
 		p.setState(stateStopped, err)
 		p.Metrics.ProjectorFailed()
 		p.log.Warn("projector stopped; restarting from its checkpoint", "err", err, "backoff", backoff)
@@ -120,7 +126,7 @@ func (p *Projector) Run(ctx context.Context) {
 }
 
 func (p *Projector) runOnce(ctx context.Context) error {
-	cp, err := p.checkpoint(ctx)
+	cp, err := p.takeOver(ctx)
 	if err != nil {
 		return err
 	}
@@ -128,6 +134,10 @@ func (p *Projector) runOnce(ctx context.Context) error {
 		return err
 	}
 	p.advance(cp)
+	if err := p.repush(ctx, cp); err != nil && ctx.Err() == nil {
+		// Pushes are at most once: a client that missed one gets it at its next resume.
+		p.log.Warn("could not push the last events again on taking the lead", "err", err)
+	}
 	cons, err := p.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{streams.SubjectRoot},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
@@ -291,17 +301,12 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 		return fmt.Errorf("begin projector transaction: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	var cp uint64
-	var tables uint32
 	// FOR UPDATE serialises projectors of the same name: a second one waits, then sees the
 	// advanced checkpoint and skips what the first applied.
-	if err := tx.QueryRow(ctx, `SELECT seq, tableoid::oid FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp, &tables); err != nil {
-		return fmt.Errorf("lock checkpoint %s: %w", p.name, err)
+	cp, err := p.lockCheckpoint(ctx, tx)
+	if err != nil {
+		return err
 	}
-	if p.tables != 0 && tables != p.tables {
-		return errSwitched
-	}
-	p.tables = tables
 	// Who hears each event, when anyone is to be told (a rebuild pushes nothing).
 	var audience Audience
 	if p.Publish != nil {
@@ -446,6 +451,25 @@ func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("read checkpoint %s: %w", p.name, err)
 	}
 	return seq, nil
+}
+
+// lockCheckpoint locks the projector's checkpoint row in tx and returns the checkpoint. It fails
+// with errSwitched when a rebuild replaced the tables this session started on, and with
+// errDeposed when another projector took the lead since (its term is newer).
+func (p *Projector) lockCheckpoint(ctx context.Context, tx pgx.Tx) (uint64, error) {
+	var cp, term uint64
+	var tables uint32
+	if err := tx.QueryRow(ctx, `SELECT seq, tableoid::oid, term FROM projector_checkpoints WHERE name = $1 FOR UPDATE`, p.name).Scan(&cp, &tables, &term); err != nil {
+		return 0, fmt.Errorf("lock checkpoint %s: %w", p.name, err)
+	}
+	if p.tables != 0 && tables != p.tables {
+		return 0, errSwitched
+	}
+	if term != p.term {
+		return 0, errDeposed
+	}
+	p.tables = tables
+	return cp, nil
 }
 
 // errSwitched stops a projector whose read models were rebuilt and switched over: it starts again

@@ -124,8 +124,12 @@ func TestProjectorSkipsWhatWasApplied(t *testing.T) {
 	f.run(a)
 	f.waitFor(a, f.lastSeq())
 
-	// Projector b read the checkpoint before a committed and now holds events 1..oldBatchEnd.
+	// Projector b, which has taken the lead since, holds a batch of events 1..oldBatchEnd that a
+	// has applied (a leader's term keeps a from committing more; the checkpoint keeps b from
+	// applying these again).
 	b := f.projector()
+	_, err = b.takeOver(f.ctx)
+	f.check(err)
 	cons, err := f.stream.OrderedConsumer(f.ctx, jetstream.OrderedConsumerConfig{})
 	f.check(err)
 	batch, err := cons.Fetch(int(oldBatchEnd), jetstream.FetchMaxWait(5*time.Second))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -76,6 +77,35 @@ func (a Audience) Of(e domain.Event) []string {
 	return nil
 }
 
+// rewind turns the audience after events into the one before them, undoing their membership
+// changes: each membership event carries the conversation as it left it, so the first one of a
+// conversation tells who its members were before.
+func (a Audience) rewind(events []domain.Event) {
+	seen := map[string]bool{}
+	for _, e := range events {
+		if seen[e.ConversationID] {
+			continue
+		}
+		switch e.Type {
+		case domain.TypeConversationCreated:
+			delete(a, e.ConversationID)
+		case domain.TypeMemberJoined, domain.TypeMemberLeft:
+			d, err := domain.DecodeData[domain.MemberData](e)
+			if err != nil {
+				continue // Of skips it too
+			}
+			members := slices.DeleteFunc(slices.Clone(d.Conversation.Members), func(u string) bool { return u == d.UserID })
+			if e.Type == domain.TypeMemberLeft {
+				members = append(members, d.UserID)
+			}
+			a[e.ConversationID] = members
+		default:
+			continue
+		}
+		seen[e.ConversationID] = true
+	}
+}
+
 func leaver(before, after []string) []string {
 	var out []string
 	for _, u := range before {
@@ -90,9 +120,14 @@ func leaver(before, after []string) []string {
 	return out
 }
 
-// membersOf reads the current members of the conversations of events, inside the projector's
-// transaction: the audience before the batch.
-func membersOf(ctx context.Context, tx pgx.Tx, events []domain.Event) (Audience, error) {
+// querier is a transaction or a pool.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// membersOf reads the current members of the conversations of events: inside the projector's
+// transaction, the audience before the batch.
+func membersOf(ctx context.Context, tx querier, events []domain.Event) (Audience, error) {
 	var ids []string
 	seen := map[string]bool{}
 	for _, e := range events {

@@ -1,0 +1,170 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
+)
+
+// pushLog records what a projector publishes.
+type pushLog struct {
+	mu     sync.Mutex
+	pushes []string
+}
+
+func (l *pushLog) publish(subject string, seq uint64, data []byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pushes = append(l.pushes, fmt.Sprintf("%s %d %s", subject, seq, data))
+	return nil
+}
+
+func (l *pushLog) list() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.pushes)
+}
+
+func (f *fixture) waitLeading(p *Projector) {
+	f.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		p.mu.Lock()
+		state := p.state
+		p.mu.Unlock()
+		if state == stateLeading {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("projector %s, not leading", state)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A leader that dies between committing a batch and publishing its pushes leaves clients on
+// other nodes without them until they reconnect. The next leader pushes the last events again,
+// exactly as the old leader would have: to the members each event had (membership changes in
+// the window included, of conversations created before it), and not the parked events.
+func TestNewLeaderPushesWhatTheOldOneMayNotHave(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"alice", "bob", "carol", "dave"} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	send := func(conv, id string) uint64 {
+		m, _, err := f.store.SendMessage(f.ctx, "alice", conv, id, "message "+id)
+		f.check(err)
+		return m.Seq
+	}
+	g, _, gSeq, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "club", []string{"bob"})
+	f.check(err)
+	d, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindDirect, "", []string{"dave"})
+	f.check(err)
+	h, _, hSeq, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "chess", []string{"dave"})
+	f.check(err)
+	send(d.ID, "d1")
+	first := send(g.ID, "1") // the window starts here: bob and alice hear it, carol does not
+	_, _, err = f.store.AddMember(f.ctx, "alice", g.ID, "carol")
+	f.check(err)
+	send(g.ID, "2")
+	_, _, err = f.store.RemoveMember(f.ctx, "alice", g.ID, "bob")
+	f.check(err)
+	send(g.ID, "3")
+	send(h.ID, "h1") // dave hears it, then leaves
+	_, _, err = f.store.RemoveMember(f.ctx, "alice", h.ID, "dave")
+	f.check(err)
+	_, err = f.store.MarkRead(f.ctx, "dave", d.ID, f.lastSeq())
+	f.check(err)
+	// A conversation whose first message PostgreSQL refuses (see TestPoisonEventIsParked): that
+	// message and the next are parked, never pushed.
+	poisoned, _, _, err := f.store.CreateConversation(f.ctx, "bob", domain.KindDirect, "", []string{"carol"})
+	f.check(err)
+	poison := fmt.Sprintf(`{"v":1,"id":"epoison","type":"message.created","conversation_id":%q,"actor":"bob",`+
+		`"time":"2026-11-23T10:00:00Z","data":{"message_id":"%s-aaaaaaaaaaaaaaaaaaaa","sender_id":"bob","client_msg_id":"p","body":"a\u0000b"}}`,
+		poisoned.ID, poisoned.ID)
+	_, err = f.js.Publish(f.ctx, "chat.evt.conv."+poisoned.ID+".msg.aaaaaaaaaaaaaaaaaaaa", []byte(poison))
+	f.check(err)
+	_, _, err = f.store.SendMessage(f.ctx, "bob", poisoned.ID, "after", "waits with the poison")
+	f.check(err)
+	send(g.ID, "4")
+	// Batches of 6 make the window the last 12 events.
+	const batch = 6
+	from := f.lastSeq() - 2*batch
+	if first != from+1 || gSeq > from || hSeq > from {
+		t.Fatalf("the window starts after %d: want message 1 (%d) first in it, the groups (%d, %d) before it", from, first, gSeq, hSeq)
+	}
+
+	// The old leader commits everything and "dies" before any push leaves: its log is what it
+	// would have published.
+	var old, next pushLog
+	a := f.projector()
+	a.batchSize, a.Publish = batch, old.publish
+	ctxA, stopA := context.WithCancel(context.Background())
+	doneA := make(chan struct{})
+	go func() { a.Run(ctxA); close(doneA) }()
+	f.waitFor(a, f.lastSeq())
+	stopA()
+	<-doneA
+	if a.Parked() != 2 {
+		t.Fatalf("%d events parked, want 2", a.Parked())
+	}
+	var want []string
+	for _, p := range old.list() {
+		var subject string
+		var seq uint64
+		if _, err := fmt.Sscan(p, &subject, &seq); err != nil {
+			t.Fatal(err)
+		}
+		if seq > from {
+			want = append(want, p)
+		}
+	}
+	// 2 for message 1, 3 each for carol's arrival (hers is conversation.created), message 2 and
+	// bob's departure, 2 each for message 3, h1 and dave's departure, 1 for dave's read marker,
+	// 2 for the poisoned conversation's creation, 2 for message 4.
+	if len(want) != 22 {
+		t.Fatalf("the old leader pushed %d frames in the window, want 22: %q", len(want), want)
+	}
+
+	b := f.projector()
+	b.batchSize, b.Publish = batch, next.publish
+	f.run(b)
+	f.waitLeading(b)
+	if got := next.list(); !slices.Equal(got, want) {
+		t.Fatalf("the new leader pushed\n%q\nwant what the old one would have:\n%q", got, want)
+	}
+	// And it goes on from there.
+	send(g.ID, "5")
+	f.waitFor(b, f.lastSeq())
+	if got := next.list(); len(got) != len(want)+2 || !strings.HasPrefix(got[len(got)-1], streams.PushSubject("carol")+" ") {
+		t.Fatalf("after taking over: %q", got[len(want):])
+	}
+}
+
+// A leader whose lock session ended without its noticing commits nothing once another projector
+// has taken the lead.
+func TestDeposedLeaderCommitsNothing(t *testing.T) {
+	f := newFixture(t)
+	_, _, _, err := f.store.ProvisionUser(f.ctx, "alice", "alice")
+	f.check(err)
+	a, b := f.projector(), f.projector()
+	_, err = a.takeOver(f.ctx)
+	f.check(err)
+	_, err = b.takeOver(f.ctx)
+	f.check(err)
+	if err := a.catchUp(f.ctx, f.lastSeq(), nil); !errors.Is(err, errDeposed) {
+		t.Fatalf("the deposed leader's batch: %v, want %v", err, errDeposed)
+	}
+	if cp, err := a.checkpoint(f.ctx); err != nil || cp != 0 {
+		t.Fatalf("checkpoint %d (%v) after the deposed leader's batch, want 0", cp, err)
+	}
+	f.check(b.catchUp(f.ctx, f.lastSeq(), nil))
+}
