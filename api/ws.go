@@ -21,7 +21,7 @@ import (
 
 // Feed is the push side as the WebSocket handler uses it; *projections.Feed implements it.
 type Feed interface {
-	Subscribe(user string, deliver func(seq uint64, frame []byte), lost func()) (stop func(), err error)
+	Subscribe(user string, deliver func(seq, prev uint64, frame []byte), lost func()) (stop func(), err error)
 	Send(user string, frame []byte) error
 	Position(ctx context.Context) (projections.Position, error)
 	Replay(ctx context.Context, user string, spans []projections.Span, after, upTo uint64, max int, send func(seq uint64, frame []byte) error) error
@@ -121,7 +121,7 @@ type wsConn struct {
 	// there rather than in a goroutine of its own per connection.
 	onPing atomic.Pointer[func()]
 	wmu    sync.Mutex  // serialises control frames with the writer
-	slow   atomic.Bool // closing as too slow
+	slow   atomic.Bool // closing with 4008 (too slow, or missed a push)
 	state  sync.Mutex  // guards live, floor and pending
 	live   bool
 	floor  uint64 // live frames at or below this seq were sent, replayed or predate the client
@@ -130,12 +130,13 @@ type wsConn struct {
 }
 
 type pendingFrame struct {
-	seq   uint64
-	frame []byte
+	seq, prev uint64
+	frame     []byte
 }
 
-// deliver takes a live frame from the node's push dispatcher; it never blocks.
-func (c *wsConn) deliver(seq uint64, frame []byte) {
+// deliver takes a live frame from the node's push dispatcher; it never blocks. prev is the seq
+// of the push to this user before it, when the projector knows it.
+func (c *wsConn) deliver(seq, prev uint64, frame []byte) {
 	c.state.Lock()
 	if !c.live {
 		if len(c.pending) >= c.cfg.SendQueue {
@@ -143,48 +144,75 @@ func (c *wsConn) deliver(seq uint64, frame []byte) {
 			c.tooSlow()
 			return
 		}
-		c.pending = append(c.pending, pendingFrame{seq, frame})
+		c.pending = append(c.pending, pendingFrame{seq, prev, frame})
 		c.state.Unlock()
 		return
 	}
-	// Live frames come in stream order, so one at or below the last is one the client has: a
-	// new projector leader pushes its predecessor's last events again (see
-	// projections.Projector.repush).
-	if seq != 0 {
-		if seq <= c.floor {
-			c.state.Unlock()
-			return
-		}
-		c.floor = seq
-	}
+	send, gap := c.pass(seq, prev)
 	c.state.Unlock()
-	c.enqueue(frame)
+	switch {
+	case gap:
+		if c.missed() {
+			go c.close(CloseTooSlow, reasonMissed) // the dispatcher must not wait for one client
+		}
+	case send:
+		c.enqueue(frame)
+	}
+}
+
+// pass moves the floor past a live frame and reports whether to send it, or whether a frame
+// before it never arrived. Live frames come in stream order, so one at or below the floor is one
+// the client has: a new projector leader pushes its predecessor's last events again (see
+// projections.Projector.repush). One whose prev is above the floor follows a push that NATS lost
+// on its way here (core NATS delivers at most once). c.state must be held.
+func (c *wsConn) pass(seq, prev uint64) (send, gap bool) {
+	if seq == 0 {
+		return true, false
+	}
+	if seq <= c.floor {
+		return false, false
+	}
+	if prev > c.floor {
+		return false, true
+	}
+	c.floor = seq
+	return true, false
 }
 
 // goLive sends the live frames that arrived during the replay, past floor, waiting for queue
 // space like the replay, then switches to live delivery. Frames that keep arriving meanwhile
 // join pending, so their order holds.
 func (c *wsConn) goLive(ctx context.Context, floor uint64) error {
-	for {
-		c.state.Lock()
+	c.state.Lock()
+	c.floor = floor
+	for len(c.pending) > 0 {
 		batch := c.pending
 		c.pending = nil
-		if len(batch) == 0 {
-			c.floor, c.live = floor, true
-			c.state.Unlock()
-			return nil
+		var frames [][]byte
+		for _, p := range batch {
+			send, gap := c.pass(p.seq, p.prev)
+			if gap {
+				c.state.Unlock()
+				if c.missed() {
+					c.close(CloseTooSlow, reasonMissed)
+				}
+				return errPushLost
+			}
+			if send {
+				frames = append(frames, p.frame)
+			}
 		}
 		c.state.Unlock()
-		for _, p := range batch {
-			if p.seq != 0 && p.seq <= floor {
-				continue
-			}
-			floor = max(floor, p.seq)
-			if err := c.enqueueWait(ctx, p.frame); err != nil {
+		for _, f := range frames {
+			if err := c.enqueueWait(ctx, f); err != nil {
 				return err
 			}
 		}
+		c.state.Lock()
 	}
+	c.live = true
+	c.state.Unlock()
+	return nil
 }
 
 // frameQueue holds a connection's frames until the writer takes them. It allocates only for
@@ -252,6 +280,22 @@ func (c *wsConn) tooSlow() {
 		go c.close(CloseTooSlow, "too far behind; reconnect with since")
 	}
 }
+
+// missed reports whether the connection is to be closed because a push never reached it (4008),
+// so that the client resumes from its last seq and gets the event from the read models; false
+// when it is being closed already.
+func (c *wsConn) missed() bool {
+	if !c.slow.CompareAndSwap(false, true) {
+		return false
+	}
+	c.metrics.PushGap()
+	return true
+}
+
+const reasonMissed = "missed a push; reconnect with since"
+
+// errPushLost ends a connection's start when a push it was owed never arrived.
+var errPushLost = errors.New("a push was lost on its way to this node")
 
 // enqueueWait is for the replay, which may hold more frames than the queue: it waits for the
 // writer instead of treating a full queue as a slow client.
@@ -406,7 +450,9 @@ func (s *server) ws(c echo.Context) error {
 	}
 	defer stop()
 	ctx := c.Request().Context()
-	if err := s.startStream(ctx, conn, resume, since, c.QueryParam("epoch")); err != nil {
+	if err := s.startStream(ctx, conn, resume, since, c.QueryParam("epoch")); errors.Is(err, errPushLost) {
+		return nil // closed with 4008: the client resumes
+	} else if err != nil {
 		s.Log.Warn("websocket start failed", "err", err)
 		conn.close(websocket.CloseTryAgainLater, "try again")
 		return nil

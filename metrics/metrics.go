@@ -29,6 +29,7 @@ type Metrics struct {
 	WSConnections prometheus.Gauge
 	WSFrames      prometheus.Counter
 	WSSlowCloses  prometheus.Counter
+	WSPushGaps    prometheus.Counter
 	ReadErrors    prometheus.Counter
 }
 
@@ -86,13 +87,16 @@ func New(reg prometheus.Registerer) *Metrics {
 		WSSlowCloses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatd_websocket_slow_closes_total", Help: "Connections closed because the client fell behind (4008).",
 		}),
+		WSPushGaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chatd_websocket_push_gaps_total", Help: "Connections closed because a push to them never arrived (4008): NATS lost it.",
+		}),
 		ReadErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatd_read_model_unavailable_total", Help: "Requests answered 503 because a dependency was unavailable.",
 		}),
 	}
 	reg.MustRegister(m.HTTPRequests, m.HTTPDuration, m.Appended, m.AppendErrors, m.Checkpoint, m.LagEvents,
 		m.LagSeconds, m.BatchSize, m.BatchDuration, m.ProjectorErrs, m.ParkedEvents, m.Pushes, m.PushErrors, m.WSConnections,
-		m.WSFrames, m.WSSlowCloses, m.ReadErrors,
+		m.WSFrames, m.WSSlowCloses, m.WSPushGaps, m.ReadErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -190,5 +194,12 @@ func (m *Metrics) FrameSent() {
 func (m *Metrics) SlowClose() {
 	if m != nil {
 		m.WSSlowCloses.Inc()
+	}
+}
+
+// PushGap counts a client closed because a push to it was lost on the way.
+func (m *Metrics) PushGap() {
+	if m != nil {
+		m.WSPushGaps.Inc()
 	}
 }

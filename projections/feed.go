@@ -45,7 +45,7 @@ type userPushes struct {
 
 // subscriber is one connection's side of a subscription.
 type subscriber struct {
-	deliver func(seq uint64, frame []byte)
+	deliver func(seq, prev uint64, frame []byte)
 	lost    func()
 }
 
@@ -72,7 +72,7 @@ func (f *Feed) Close() { close(f.done) }
 func (f *Feed) dispatch() {
 	tick := time.NewTicker(dropCheck)
 	defer tick.Stop()
-	var delivers []func(uint64, []byte)
+	var delivers []func(seq, prev uint64, frame []byte)
 	for {
 		var m *nats.Msg
 		select {
@@ -84,6 +84,7 @@ func (f *Feed) dispatch() {
 			return
 		}
 		seq, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
+		prev, _ := strconv.ParseUint(m.Header.Get(PrevHeader), 10, 64)
 		delivers = delivers[:0]
 		f.mu.Lock()
 		if u := f.users[m.Subject]; u != nil {
@@ -93,7 +94,7 @@ func (f *Feed) dispatch() {
 		}
 		f.mu.Unlock()
 		for _, d := range delivers {
-			d(seq, m.Data) // enqueues: never blocks
+			d(seq, prev, m.Data) // enqueues: never blocks
 		}
 	}
 }
@@ -120,25 +121,34 @@ func (f *Feed) checkDropped() {
 }
 
 // SeqHeader carries a push's stream sequence in its NATS header, so receivers can order and
-// deduplicate without decoding the frame.
-const SeqHeader = "Chat-Seq"
+// deduplicate without decoding the frame. PrevHeader carries the sequence of the push to the
+// same user before it, when the projector knows it, so receivers notice a push they never got.
+const (
+	SeqHeader  = "Chat-Seq"
+	PrevHeader = "Chat-Prev"
+)
 
 // PublishPush is the projector's Publish for core NATS.
-func PublishPush(nc *nats.Conn) func(subject string, seq uint64, data []byte) error {
-	return func(subject string, seq uint64, data []byte) error {
+func PublishPush(nc *nats.Conn) func(subject string, seq, prev uint64, data []byte) error {
+	return func(subject string, seq, prev uint64, data []byte) error {
 		m := nats.NewMsg(subject)
 		m.Data = data
 		if seq > 0 {
 			m.Header.Set(SeqHeader, strconv.FormatUint(seq, 10))
 		}
+		if prev > 0 {
+			m.Header.Set(PrevHeader, strconv.FormatUint(prev, 10))
+		}
 		return nc.PublishMsg(m)
 	}
 }
 
-// Subscribe delivers every push for user (seq 0 for ephemeral frames such as typing) until stop.
-// When the node fell so far behind that NATS dropped pushes for user, it calls lost instead: the
-// connection must resume from its last sequence. Neither deliver nor lost may block.
-func (f *Feed) Subscribe(user string, deliver func(seq uint64, frame []byte), lost func()) (stop func(), err error) {
+// Subscribe delivers every push for user until stop: its seq (0 for ephemeral frames such as
+// typing) and the seq of the push to user before it (0 when the projector does not know it). A
+// receiver that has passed neither prev nor seq missed a push. When the node fell so far behind
+// that NATS dropped pushes for user, it calls lost instead: the connection must resume from its
+// last sequence. Neither deliver nor lost may block.
+func (f *Feed) Subscribe(user string, deliver func(seq, prev uint64, frame []byte), lost func()) (stop func(), err error) {
 	subject := streams.PushSubject(user)
 	f.mu.Lock()
 	u := f.users[subject]

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ func TestDroppedPushesAreReported(t *testing.T) {
 		}
 	}
 	// alice's first push holds the dispatcher, as a stuck node would.
-	stopAlice, err := f.Subscribe("alice", func(uint64, []byte) {
+	stopAlice, err := f.Subscribe("alice", func(uint64, uint64, []byte) {
 		if delivered.Add(1) == 1 {
 			<-release
 		}
@@ -37,7 +38,7 @@ func TestDroppedPushesAreReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stopAlice()
-	stopBob, err := f.Subscribe("bob", func(uint64, []byte) {}, signal(bobLost))
+	stopBob, err := f.Subscribe("bob", func(uint64, uint64, []byte) {}, signal(bobLost))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,4 +79,36 @@ func dropped(f *Feed, user string) int {
 	defer f.mu.Unlock()
 	n, _ := f.users[streams.PushSubject(user)].sub.Dropped()
 	return n
+}
+
+// A push's seq and the seq of the push before it reach the connection with the frame: that is
+// how it drops what it has and notices what it never got.
+func TestPushCarriesItsPredecessor(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	f := NewFeed(natstest.Connect(t, s), nil, nil)
+	defer f.Close()
+	got := make(chan string, 3)
+	stop, err := f.Subscribe("alice", func(seq, prev uint64, frame []byte) {
+		got <- fmt.Sprintf("%d %d %s", seq, prev, frame)
+	}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	publish := PublishPush(natstest.Connect(t, s))
+	for _, p := range []struct{ seq, prev uint64 }{{7, 0}, {9, 7}, {0, 0}} {
+		if err := publish(streams.PushSubject("alice"), p.seq, p.prev, []byte("frame")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"7 0 frame", "9 7 frame", "0 0 frame"} {
+		select {
+		case g := <-got:
+			if g != want {
+				t.Fatalf("delivered %q, want %q", g, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%q never delivered", want)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/streams"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -124,8 +125,14 @@ func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
 		RETURNING seq, term, tableoid::oid`, p.name).Scan(&cp, &p.term, &p.tables); err != nil {
 		return 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
 	}
+	// What an earlier term pushed is not known: its last pushes may be lost or still on their way.
+	p.pushed, _ = lru.New[string, uint64](pushedUsers) // only errs on size <= 0
 	return cp, nil
 }
+
+// pushedUsers bounds how many users' last pushes a leader remembers. A user it forgot gets a
+// push without prev, which only means a gap before it goes unnoticed.
+const pushedUsers = 100_000
 
 // repushWindow is how many events before its checkpoint a new leader pushes again. A leader
 // pushes a batch after committing it, before it starts the next, into its NATS connection's

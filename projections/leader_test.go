@@ -14,15 +14,25 @@ import (
 	"github.com/chatd-dev/chatd/streams"
 )
 
-// pushLog records what a projector publishes.
+// pushLog records what a projector publishes, and checks that each push names the one before it
+// to the same subject as its prev (0 for the first).
 type pushLog struct {
+	t      *testing.T
 	mu     sync.Mutex
 	pushes []string
+	last   map[string]uint64
 }
 
-func (l *pushLog) publish(subject string, seq uint64, data []byte) error {
+func (l *pushLog) publish(subject string, seq, prev uint64, data []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.last == nil {
+		l.last = map[string]uint64{}
+	}
+	if prev != l.last[subject] {
+		l.t.Errorf("push %d to %s names %d as the one before, want %d", seq, subject, prev, l.last[subject])
+	}
+	l.last[subject] = seq
 	l.pushes = append(l.pushes, fmt.Sprintf("%s %d %s", subject, seq, data))
 	return nil
 }
@@ -104,7 +114,7 @@ func TestNewLeaderPushesWhatTheOldOneMayNotHave(t *testing.T) {
 
 	// The old leader commits everything and "dies" before any push leaves: its log is what it
 	// would have published.
-	var old, next pushLog
+	old, next := pushLog{t: t}, pushLog{t: t}
 	a := f.projector()
 	a.batchSize, a.Publish = batch, old.publish
 	ctxA, stopA := context.WithCancel(context.Background())
@@ -144,7 +154,11 @@ func TestNewLeaderPushesWhatTheOldOneMayNotHave(t *testing.T) {
 	// And it goes on from there.
 	send(g.ID, "5")
 	f.waitFor(b, f.lastSeq())
-	if got := next.list(); len(got) != len(want)+2 || !strings.HasPrefix(got[len(got)-1], streams.PushSubject("carol")+" ") {
+	got := next.list()
+	for deadline := time.Now().Add(10 * time.Second); len(got) < len(want)+2 && time.Now().Before(deadline); got = next.list() {
+		time.Sleep(10 * time.Millisecond) // pushes leave just after the position moves
+	}
+	if len(got) != len(want)+2 || !strings.HasPrefix(got[len(got)-1], streams.PushSubject("carol")+" ") {
 		t.Fatalf("after taking over: %q", got[len(want):])
 	}
 }

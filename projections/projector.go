@@ -19,6 +19,7 @@ import (
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/metrics"
 	"github.com/chatd-dev/chatd/streams"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,8 +51,12 @@ type Projector struct {
 	// Metrics, when set, records batches, lag and pushes.
 	Metrics *metrics.Metrics
 	// Publish, when set, sends each applied event's frame to its audience's push subjects,
-	// after the transaction that applied it committed (push after commit, guarantee 7).
-	Publish func(subject string, seq uint64, data []byte) error
+	// after the transaction that applied it committed (push after commit, guarantee 7). prev is
+	// the seq of the frame this leader pushed to the same subject before, 0 if none or unknown:
+	// a receiver that has not seen prev lost a push (see Feed.Subscribe).
+	Publish func(subject string, seq, prev uint64, data []byte) error
+	// pushed remembers the last seq pushed to each user in this term, for prev.
+	pushed *lru.Cache[string, uint64]
 
 	pos atomic.Uint64 // the read models hold every event up to here
 	// term is the checkpoint row's term this projector commits under (see takeOver).

@@ -201,15 +201,18 @@ func frameFor(e domain.Event, user string) domain.Event {
 	return e
 }
 
-// publish sends each push to its users' subjects on core NATS. A lost push is not lost data:
-// the client resumes from its last seq (see docs/api.md).
+// publish sends each push to its users' subjects on core NATS, each with the seq of the push
+// to the same user before it. A lost push is not lost data: the receiving node notices the gap
+// at the user's next push, and the client resumes from its last seq (see docs/api.md).
 func (p *Projector) publish(list []Push) {
 	if p.Publish == nil {
 		return
 	}
 	for _, ps := range list {
 		for _, u := range ps.Users {
-			err := p.Publish(streams.PushSubject(u), ps.Seq, ps.Frame)
+			prev, _ := p.pushed.Get(u)
+			p.pushed.Add(u, ps.Seq) // a push that fails is a gap the next one reveals
+			err := p.Publish(streams.PushSubject(u), ps.Seq, prev, ps.Frame)
 			p.Metrics.Pushed(err)
 			if err != nil {
 				p.log.Warn("push failed; the client will resume", "seq", ps.Seq, "user", u, "err", err)
