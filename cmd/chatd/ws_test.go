@@ -17,8 +17,11 @@ import (
 	"github.com/chatd-dev/chatd/api"
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/internal/pgtest"
+	"github.com/chatd-dev/chatd/projections"
+	"github.com/chatd-dev/chatd/streams"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -174,6 +177,50 @@ func TestPushAcrossNodes(t *testing.T) {
 		if f.Type == "typing" {
 			t.Fatalf("bob received his own typing: %+v", f)
 		}
+	}
+}
+
+// A push that NATS lost on its way to a node is noticed at the user's next push, which names it
+// as its predecessor: the connection closes with 4008, and the client resumes from its last seq.
+// Here the next push is forged: NATS loses nothing on its own in a test.
+func TestMissedPushIsNoticed(t *testing.T) {
+	ns := natstest.RunServer(t, "")
+	env := baseEnv(t)
+	env["CHAT_NATS_URL"] = ns.ClientURL()
+	env["DATABASE_URL"] = pgtest.NewDB(t)
+	c := start(t, env)
+	c.provision("alice", "Alice")
+	c.provision("bob", "Bob")
+	alice, bob := c.token("alice"), c.token("bob")
+	d := c.must(201, "POST", "/api/v1/conversations", bob, map[string]any{"kind": "direct", "members": []string{"alice"}})
+	path := "/api/v1/conversations/" + d.str("id") + "/messages"
+	c.must(200, "GET", "/api/v1/me?min_seq="+d.header.Get("X-Chat-Seq"), alice, nil)
+
+	ws := c.mustWS(alice, "")
+	ws.nextOf("ready")
+	first := c.must(201, "POST", path, bob, map[string]string{"client_msg_id": "1", "body": "seen live"})
+	if f := ws.next(); f.Seq != first.num("seq") {
+		t.Fatalf("live frame %+v, want the message at %d", f, first.num("seq"))
+	}
+	nc := natstest.Connect(t, ns)
+	lost := first.num("seq") + 1 // as if bob's next message's push never came
+	forged := nats.NewMsg(streams.PushSubject("alice"))
+	forged.Header.Set(projections.SeqHeader, fmt.Sprint(lost+1))
+	forged.Header.Set(projections.PrevHeader, fmt.Sprint(lost))
+	forged.Data = []byte(`{"type":"message.created"}`)
+	if err := nc.PublishMsg(forged); err != nil {
+		t.Fatal(err)
+	}
+	if code := ws.closeCode(); code != api.CloseTooSlow {
+		t.Fatalf("closed with %d, want %d", code, api.CloseTooSlow)
+	}
+
+	// The resume goes on from there, and the next real push passes.
+	ws = c.mustWS(alice, fmt.Sprintf("since=%d", first.num("seq")))
+	ws.nextOf("ready")
+	next := c.must(201, "POST", path, bob, map[string]string{"client_msg_id": "2", "body": "live again"})
+	if f := ws.next(); f.Seq != next.num("seq") || f.field("body") != "live again" {
+		t.Fatalf("live after the resume: %+v", f)
 	}
 }
 
