@@ -155,7 +155,7 @@ func (c *wsConn) deliver(seq, prev uint64, frame []byte) {
 		if c.missed() {
 			go c.close(CloseTooSlow, reasonMissed) // the dispatcher must not wait for one client
 		}
-	case send:
+	case send && len(frame) > 0: // a check has none
 		c.enqueue(frame)
 	}
 }
@@ -164,18 +164,16 @@ func (c *wsConn) deliver(seq, prev uint64, frame []byte) {
 // before it never arrived. Live frames come in stream order, so one at or below the floor is one
 // the client has: a new projector leader pushes its predecessor's last events again (see
 // projections.Projector.repush). One whose prev is above the floor follows a push that NATS lost
-// on its way here (core NATS delivers at most once). c.state must be held.
+// on its way here (core NATS delivers at most once); so does a check (seq 0, no frame) whose
+// prev is. Frames without seq or prev (typing) pass. c.state must be held.
 func (c *wsConn) pass(seq, prev uint64) (send, gap bool) {
-	if seq == 0 {
-		return true, false
-	}
-	if seq <= c.floor {
+	if seq != 0 && seq <= c.floor {
 		return false, false
 	}
 	if prev > c.floor {
 		return false, true
 	}
-	c.floor = seq
+	c.floor = max(c.floor, seq)
 	return true, false
 }
 
@@ -198,7 +196,7 @@ func (c *wsConn) goLive(ctx context.Context, floor uint64) error {
 				}
 				return errPushLost
 			}
-			if send {
+			if send && len(p.frame) > 0 {
 				frames = append(frames, p.frame)
 			}
 		}

@@ -64,6 +64,23 @@ func TestConnectionClosesOnAMissedPush(t *testing.T) {
 		c.deliver(9, 8, []byte("9"))
 		expectMissedClose(t, client)
 	})
+	t.Run("check", func(t *testing.T) {
+		c, client := wsPair(t)
+		if err := c.goLive(context.Background(), 4); err != nil {
+			t.Fatal(err)
+		}
+		c.deliver(5, 4, []byte("5"))
+		c.deliver(0, 5, nil) // the last push was 5: sent
+		c.deliver(6, 5, []byte("6"))
+		for _, want := range []string{"5", "6"} {
+			if _, frame, err := client.ReadMessage(); err != nil || string(frame) != want {
+				t.Fatalf("read %q, %v; want %q", frame, err, want)
+			}
+		}
+		c.deliver(0, 7, nil) // 7 never came
+		c.deliver(8, 7, []byte("8"))
+		expectMissedClose(t, client)
+	})
 	t.Run("replay", func(t *testing.T) {
 		c, client := wsPair(t)
 		c.deliver(5, 4, []byte("5"))

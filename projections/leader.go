@@ -126,13 +126,18 @@ func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
 	}
 	// What an earlier term pushed is not known: its last pushes may be lost or still on their way.
-	p.pushed, _ = lru.New[string, uint64](pushedUsers) // only errs on size <= 0
+	p.pushed, p.unchecked = newPushed(), map[string]struct{}{}
 	return cp, nil
 }
 
 // pushedUsers bounds how many users' last pushes a leader remembers. A user it forgot gets a
 // push without prev, which only means a gap before it goes unnoticed.
 const pushedUsers = 100_000
+
+func newPushed() *lru.Cache[string, uint64] {
+	c, _ := lru.New[string, uint64](pushedUsers) // only errs on size <= 0
+	return c
+}
 
 // repushWindow is how many events before its checkpoint a new leader pushes again. A leader
 // pushes a batch after committing it, before it starts the next, into its NATS connection's

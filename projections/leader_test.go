@@ -20,6 +20,7 @@ type pushLog struct {
 	t      *testing.T
 	mu     sync.Mutex
 	pushes []string
+	checks []string
 	last   map[string]uint64
 }
 
@@ -31,6 +32,13 @@ func (l *pushLog) publish(subject string, seq, prev uint64, data []byte) error {
 	}
 	if prev != l.last[subject] {
 		l.t.Errorf("push %d to %s names %d as the one before, want %d", seq, subject, prev, l.last[subject])
+	}
+	if seq == 0 { // a check
+		if data != nil {
+			l.t.Errorf("check to %s carries a frame: %s", subject, data)
+		}
+		l.checks = append(l.checks, fmt.Sprintf("%s %d", subject, prev))
+		return nil
 	}
 	l.last[subject] = seq
 	l.pushes = append(l.pushes, fmt.Sprintf("%s %d %s", subject, seq, data))
@@ -181,4 +189,39 @@ func TestDeposedLeaderCommitsNothing(t *testing.T) {
 		t.Fatalf("checkpoint %d (%v) after the deposed leader's batch, want 0", cp, err)
 	}
 	f.check(b.catchUp(f.ctx, f.lastSeq(), nil))
+}
+
+// Every few seconds the leader tells each user it pushed to since the last time which push was
+// the last, so that a node that lost it notices without waiting for the next one.
+func TestLeaderChecksItsLastPushes(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	log := pushLog{t: t}
+	p := f.projector()
+	p.Publish, p.checkEvery = log.publish, 20*time.Millisecond
+	f.run(p)
+	f.waitLeading(p)
+	m, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hi")
+	f.check(err)
+	f.waitFor(p, m.Seq)
+	want := []string{fmt.Sprint(streams.PushSubject("alice"), " ", m.Seq), fmt.Sprint(streams.PushSubject("bob"), " ", m.Seq)}
+	var checks []string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		log.mu.Lock()
+		checks = slices.Clone(log.checks)
+		log.mu.Unlock()
+		if len(checks) >= 2 {
+			break
+		}
+	}
+	slices.Sort(checks)
+	if !slices.Equal(checks, want) {
+		t.Fatalf("checks %q, want %q", checks, want)
+	}
+	time.Sleep(10 * p.checkEvery) // nobody was pushed to since: no more checks
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	if len(log.checks) != 2 {
+		t.Fatalf("checks %q, want only the two after the message", log.checks)
+	}
 }

@@ -57,6 +57,10 @@ type Projector struct {
 	Publish func(subject string, seq, prev uint64, data []byte) error
 	// pushed remembers the last seq pushed to each user in this term, for prev.
 	pushed *lru.Cache[string, uint64]
+	// unchecked are the users pushed to since the last check (see check); checkEvery is how
+	// often checks go out.
+	unchecked  map[string]struct{}
+	checkEvery time.Duration
 
 	pos atomic.Uint64 // the read models hold every event up to here
 	// term is the checkpoint row's term this projector commits under (see takeOver).
@@ -89,13 +93,16 @@ const (
 // NewProjector returns a projector of the live read models.
 func NewProjector(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger) *Projector {
 	return &Projector{
-		pool:      pool,
-		stream:    stream,
-		log:       log,
-		name:      ProjectorName,
-		batchSize: 500,
-		models:    []readModel{Users{}, Conversations{}, Messages{}},
-		moved:     make(chan struct{}),
+		pool:       pool,
+		stream:     stream,
+		log:        log,
+		name:       ProjectorName,
+		batchSize:  500,
+		checkEvery: 5 * time.Second,
+		pushed:     newPushed(),
+		unchecked:  map[string]struct{}{},
+		models:     []readModel{Users{}, Conversations{}, Messages{}},
+		moved:      make(chan struct{}),
 
 		parkedConvs: map[string]bool{},
 	}
@@ -179,9 +186,14 @@ func (p *Projector) runOnce(ctx context.Context) error {
 	}()
 
 	p.setState(stateLeading, nil)
+	checks := time.NewTicker(p.checkEvery)
+	defer checks.Stop()
 	for {
 		var batch []jetstream.Msg
 		select {
+		case <-checks.C:
+			p.check()
+			continue
 		case m := <-msgs:
 			batch = append(batch, m)
 		case err := <-errc:

@@ -212,6 +212,7 @@ func (p *Projector) publish(list []Push) {
 		for _, u := range ps.Users {
 			prev, _ := p.pushed.Get(u)
 			p.pushed.Add(u, ps.Seq) // a push that fails is a gap the next one reveals
+			p.unchecked[u] = struct{}{}
 			err := p.Publish(streams.PushSubject(u), ps.Seq, prev, ps.Frame)
 			p.Metrics.Pushed(err)
 			if err != nil {
@@ -219,4 +220,21 @@ func (p *Projector) publish(list []Push) {
 			}
 		}
 	}
+}
+
+// check sends each user pushed to since the last check a push without a frame that names the
+// last push to them. A node that has not delivered that one lost it, as it would notice at the
+// user's next push: checks bound how long a lost last push goes unnoticed.
+func (p *Projector) check() {
+	if p.Publish == nil {
+		return
+	}
+	for u := range p.unchecked {
+		if last, ok := p.pushed.Get(u); ok {
+			if err := p.Publish(streams.PushSubject(u), 0, last, nil); err != nil {
+				p.log.Warn("push check failed", "user", u, "err", err)
+			}
+		}
+	}
+	clear(p.unchecked)
 }
