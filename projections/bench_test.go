@@ -76,13 +76,13 @@ var (
 // startReplayProfile starts the CPU profile that -replay.cpuprofile asks for; -test.cpuprofile
 // would profile the untimed setup too, which takes longer than the rebuild.
 func startReplayProfile(b *testing.B) (stop func()) {
-	stop = func() {}
+	stopHeap := func() {}
 	if *replayAllocs != "" {
 		writeHeapProfile(b, *replayAllocs+".base")
-		stop = func() { writeHeapProfile(b, *replayAllocs) }
+		stopHeap = func() { writeHeapProfile(b, *replayAllocs) }
 	}
 	if *replayProfile == "" {
-		return stop
+		return stopHeap
 	}
 	out, err := os.Create(*replayProfile)
 	if err != nil {
@@ -96,7 +96,7 @@ func startReplayProfile(b *testing.B) (stop func()) {
 		if err := out.Close(); err != nil {
 			b.Error(err)
 		}
-		stop()
+		stopHeap()
 	}
 }
 
@@ -216,7 +216,7 @@ func BenchmarkReplay(b *testing.B) {
 		stopProfile := startReplayProfile(b)
 		cpuBefore, cpuErr := machineCPU()
 		b.StartTimer()
-		res, err := Rebuild(context.Background(), f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
+		res, err := Rebuild(context.Background(), f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
 		b.StopTimer()
 		cpuAfter, cpuAfterErr := machineCPU()
 		stopProfile()

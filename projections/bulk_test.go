@@ -168,7 +168,7 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 			sc, err := newScratch(f.ctx, f.pool, "chatd_test")
 			f.check(err)
 			t.Cleanup(func() { sc.drop(context.Background(), nil) })
-			p := NewProjector(sc.pool, f.stream, discardLog())
+			p := NewProjector(sc.pool, f.js.Conn(), f.stream, discardLog())
 			p.batchSize = size
 			if err := sc.bulkLoad(f.ctx, p, target, nil); err != nil {
 				t.Fatalf("bulk load: %v", err)

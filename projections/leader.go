@@ -11,10 +11,8 @@ import (
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
-	"github.com/chatd-dev/chatd/streams"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // One projector leads; the others stand by. Every chatd node runs a projector, but only the one
@@ -155,18 +153,10 @@ func (p *Projector) repush(ctx context.Context, cp uint64) error {
 		return nil
 	}
 	from := cp - min(cp, p.repushWindow()) // exclusive
-	cons, err := p.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{streams.SubjectRoot},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    from + 1,
-	})
-	if err != nil {
-		return fmt.Errorf("create consumer to push %d..%d again: %w", from+1, cp, err)
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	steps := make(chan fetched, 1)
-	go p.fetchUpTo(ctx, cons, from, cp, steps)
+	go p.fetchUpTo(ctx, from, cp, steps)
 	var events []domain.Event
 	for f := range steps {
 		if f.err != nil {

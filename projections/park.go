@@ -7,9 +7,9 @@ import (
 	"strconv"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/streams"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Poison events: an event that PostgreSQL rejects (a statement error, not an outage) would stop
@@ -70,13 +70,9 @@ func (p *Projector) applyOrPark(ctx context.Context, batch decoded) error {
 
 // park stores a rejected event in parked_events and moves the checkpoint past it, in one
 // transaction.
-func (p *Projector) park(ctx context.Context, m jetstream.Msg, cause error) error {
-	meta, err := m.Metadata()
-	if err != nil {
-		return fmt.Errorf("metadata of parked event: %w", err)
-	}
-	e, _ := domain.DecodeEvent(m.Data()) // it decoded before; only its application failed
-	e.Seq = meta.Sequence.Stream
+func (p *Projector) park(ctx context.Context, m streams.Stored, cause error) error {
+	e, _ := domain.DecodeEvent(m.Data) // it decoded before; only its application failed
+	e.Seq = m.Seq
 	tx, err := p.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin parking: %w", err)
@@ -92,7 +88,9 @@ func (p *Projector) park(ctx context.Context, m jetstream.Msg, cause error) erro
 		return nil // another projector got past it
 	}
 	b := &pgx.Batch{}
-	queuePark(b, m, e, cause.Error())
+	if err := p.queuePark(ctx, b, m, e.ConversationID, cause.Error()); err != nil {
+		return err
+	}
 	b.Queue(`UPDATE projector_checkpoints SET seq = $2, updated_at = now() WHERE name = $1`, p.name, e.Seq)
 	b.Queue(`SELECT pg_notify($1, $2)`, notifyChannel, strconv.FormatUint(e.Seq, 10))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
@@ -107,14 +105,24 @@ func (p *Projector) park(ctx context.Context, m jetstream.Msg, cause error) erro
 	p.Metrics.Parked(p.parked.Add(1))
 	p.Metrics.ProjectorFailed()
 	p.log.Error("parked an event PostgreSQL rejects; its conversation's later events wait with it",
-		"seq", e.Seq, "subject", m.Subject(), "conversation", e.ConversationID, "err", cause)
+		"seq", e.Seq, "conversation", e.ConversationID, "err", cause)
 	p.advance(e.Seq)
 	return nil
 }
 
-func queuePark(b *pgx.Batch, m jetstream.Msg, e domain.Event, reason string) {
+// queuePark queues the parking of m. A catch-up reads events without their subjects (see
+// streams.ReadRange): parking, which is rare, looks the subject up.
+func (p *Projector) queuePark(ctx context.Context, b *pgx.Batch, m streams.Stored, conversationID, reason string) error {
+	if m.Subject == "" {
+		raw, err := p.stream.GetMsg(ctx, m.Seq)
+		if err != nil {
+			return fmt.Errorf("subject of event %d to park: %w", m.Seq, err)
+		}
+		m.Subject = raw.Subject
+	}
 	b.Queue(`INSERT INTO parked_events (seq, subject, conversation_id, error, event) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (seq) DO NOTHING`, e.Seq, m.Subject(), e.ConversationID, reason, m.Data())
+		ON CONFLICT (seq) DO NOTHING`, m.Seq, m.Subject, conversationID, reason, m.Data)
+	return nil
 }
 
 // loadParked reads which conversations have parked events.

@@ -22,6 +22,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -43,6 +44,7 @@ const ProjectorName = "main"
 // replaces a durable consumer with acks.
 type Projector struct {
 	pool      *pgxpool.Pool
+	nc        *nats.Conn // for the stream's reads that JetStream's client does not offer
 	stream    jetstream.Stream
 	log       *slog.Logger
 	name      string
@@ -90,10 +92,11 @@ const (
 	stateStopped = "stopped"
 )
 
-// NewProjector returns a projector of the live read models.
-func NewProjector(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger) *Projector {
+// NewProjector returns a projector of the live read models, reading stream through nc.
+func NewProjector(pool *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, log *slog.Logger) *Projector {
 	return &Projector{
 		pool:       pool,
+		nc:         nc,
 		stream:     stream,
 		log:        log,
 		name:       ProjectorName,
@@ -226,7 +229,7 @@ func (p *Projector) runOnce(ctx context.Context) error {
 
 // decoded is a batch of delivered messages with their events decoded.
 type decoded struct {
-	msgs   []jetstream.Msg
+	msgs   []streams.Stored
 	events []domain.Event
 	// data is the data of each message.created event in events, at its index (zero for other
 	// types), decoded once with its envelope: in a catch-up that happens ahead of the goroutine
@@ -255,7 +258,8 @@ func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
 		if err != nil {
 			return d, fmt.Errorf("metadata of delivered message: %w", err)
 		}
-		if err := p.add(&d, m, meta); err != nil {
+		d.pending = meta.NumPending
+		if err := p.add(&d, streams.Stored{Seq: meta.Sequence.Stream, Subject: m.Subject(), Data: m.Data()}); err != nil {
 			return d, err
 		}
 	}
@@ -264,34 +268,32 @@ func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
 
 // newDecoded returns an empty batch with room for n events.
 func newDecoded(n int) decoded {
-	return decoded{msgs: make([]jetstream.Msg, 0, n), events: make([]domain.Event, 0, n), data: make([]messageData, 0, n)}
+	return decoded{msgs: make([]streams.Stored, 0, n), events: make([]domain.Event, 0, n), data: make([]messageData, 0, n)}
 }
 
-// add decodes m, whose metadata is meta, onto the end of d. The events are decoded in place:
-// a batch is thousands of them in a catch-up, and a copy of each would double what the garbage
-// collector has to do.
-func (p *Projector) add(d *decoded, m jetstream.Msg, meta *jetstream.MsgMetadata) error {
+// add decodes m onto the end of d. The events are decoded in place: a batch is thousands of
+// them in a catch-up, and a copy of each would double what the garbage collector has to do.
+func (p *Projector) add(d *decoded, m streams.Stored) error {
 	d.msgs = append(d.msgs, m)
 	d.events = append(d.events, domain.Event{})
 	d.data = append(d.data, messageData{})
 	e, data := &d.events[len(d.events)-1], &d.data[len(d.data)-1]
-	d.pending = meta.NumPending
-	err := domain.DecodeEventInto(decodeJSON, m.Data(), e)
+	err := domain.DecodeEventInto(decodeJSON, m.Data, e)
 	if errors.Is(err, domain.ErrNewerSchema) {
 		// Skipping it would leave read models that differ from a rebuild: stop here, loudly,
 		// until this node runs a chatd that reads it (readyz reports the error meanwhile).
-		return fmt.Errorf("event at %d needs a newer chatd: %w", meta.Sequence.Stream, err)
+		return fmt.Errorf("event at %d needs a newer chatd: %w", m.Seq, err)
 	}
 	if err != nil {
 		// Only chatd appends to the stream, and it validates what it appends; an event it
 		// cannot read is logged loudly and skipped rather than stopping every conversation.
-		p.log.Error("skipping undecodable event", "seq", meta.Sequence.Stream, "subject", m.Subject(), "err", err)
+		p.log.Error("skipping undecodable event", "seq", m.Seq, "subject", m.Subject, "err", err)
 		e.Type = "undecodable"
 	}
 	if e.Type == domain.TypeMessageCreated {
 		data.err = domain.DecodeDataInto(decodeJSON, *e, &data.MessageData)
 	}
-	e.Seq = meta.Sequence.Stream
+	e.Seq = m.Seq
 	return nil
 }
 
@@ -332,7 +334,10 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 		}
 	}
 	b := &pgx.Batch{}
-	applied, data, parkedNow := p.skipApplied(b, d, cp)
+	applied, data, parkedNow, err := p.skipApplied(ctx, b, d, cp)
+	if err != nil {
+		return err
+	}
 	last := max(cp, events[len(events)-1].Seq)
 	if p.bulk != nil {
 		// Without the messages key, changes wait for it and cannot come before their message.
@@ -380,21 +385,23 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 // queues the parking of those whose conversation has a parked event. Events are in stream order,
 // so those at or before cp come first; in the usual batch, with nothing parked, what is left is
 // a part of d itself rather than a copy.
-func (p *Projector) skipApplied(b *pgx.Batch, d decoded, cp uint64) (applied []domain.Event, data []messageData, parked int64) {
+func (p *Projector) skipApplied(ctx context.Context, b *pgx.Batch, d decoded, cp uint64) (applied []domain.Event, data []messageData, parked int64, err error) {
 	from, _ := slices.BinarySearchFunc(d.events, cp+1, func(e domain.Event, seq uint64) int { return cmp.Compare(e.Seq, seq) })
 	if len(p.parkedConvs) == 0 {
-		return d.events[from:], d.data[from:], 0
+		return d.events[from:], d.data[from:], 0, nil
 	}
 	for i := from; i < len(d.events); i++ {
 		if e := d.events[i]; e.ConversationID != "" && p.parkedConvs[e.ConversationID] {
-			queuePark(b, d.msgs[i], e, "an earlier event of this conversation is parked")
+			if err := p.queuePark(ctx, b, d.msgs[i], e.ConversationID, "an earlier event of this conversation is parked"); err != nil {
+				return nil, nil, 0, err
+			}
 			parked++
 			continue
 		}
 		applied = append(applied, d.events[i])
 		data = append(data, d.data[i])
 	}
-	return applied, data, parked
+	return applied, data, parked, nil
 }
 
 // queue queues the statements of events onto b. Runs of consecutive message.created events (the

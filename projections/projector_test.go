@@ -50,7 +50,7 @@ func newFixture(t testing.TB) *fixture {
 }
 
 func (f *fixture) projector() *Projector {
-	return NewProjector(f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return NewProjector(f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // run runs p until the test ends.
@@ -297,7 +297,7 @@ func TestPoisonEventIsParked(t *testing.T) {
 		t.Fatalf("status %+v, %v", st, err)
 	}
 	// A rebuild applies everything again and parks what still fails.
-	if _, err := Rebuild(f.ctx, f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{}); err != nil {
+	if _, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	f.check(f.pool.QueryRow(f.ctx, `SELECT count(*) FROM parked_events WHERE conversation_id = $1`, poisoned.ID).Scan(&n))
@@ -318,18 +318,14 @@ func TestParkAfterSwitchOver(t *testing.T) {
 	f.check(err)
 	p := f.projector()
 	f.check(p.catchUp(f.ctx, f.lastSeq(), nil))
-	res, err := Rebuild(f.ctx, f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
+	res, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
 	f.check(err)
 
 	_, _, _, err = f.store.ProvisionUser(f.ctx, "bob", "bob")
 	f.check(err)
-	cons, err := f.stream.OrderedConsumer(f.ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   f.lastSeq(),
-	})
+	raw, err := f.stream.GetMsg(f.ctx, f.lastSeq())
 	f.check(err)
-	m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
-	f.check(err)
+	m := streams.Stored{Seq: raw.Sequence, Subject: raw.Subject, Data: raw.Data}
 	if err := p.park(f.ctx, m, errors.New("rejected by the replaced tables")); !errors.Is(err, errSwitched) {
 		t.Fatalf("park after a switch-over: %v, want errSwitched", err)
 	}

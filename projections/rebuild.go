@@ -13,6 +13,7 @@ import (
 	"github.com/chatd-dev/chatd/migrations"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -58,7 +59,7 @@ const rebuildBatch = 5000
 const switchLag = 2000
 
 // Rebuild rebuilds the live read models from the stream and switches over to them.
-func Rebuild(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger, opts RebuildOptions) (RebuildResult, error) {
+func Rebuild(ctx context.Context, live *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, log *slog.Logger, opts RebuildOptions) (RebuildResult, error) {
 	start := time.Now()
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = 5 * time.Second
@@ -84,7 +85,7 @@ func Rebuild(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, l
 			sc.pool.Close()
 		}
 	}()
-	p := NewProjector(sc.pool, stream, log)
+	p := NewProjector(sc.pool, nc, stream, log)
 	p.batchSize = rebuildBatch
 	// 1. Catch up while the live read models move on.
 	for first := true; ; first = false {

@@ -71,7 +71,7 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 		}
 	})
 
-	res, err := Rebuild(f.ctx, f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
+	res, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
 	stop()
 	wg.Wait()
 	if err != nil {
@@ -97,7 +97,7 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 		t.Fatalf("a message sent after the switch: %+v, %v", got, err)
 	}
 	// And the result is exactly a rebuild of the stream.
-	v, err := Verify(f.ctx, f.pool, f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	v, err := Verify(f.ctx, f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil || !v.Equal() {
 		t.Fatalf("verify after the rebuild: %+v, %v", v, err)
 	}
@@ -176,7 +176,7 @@ func TestSwitchOverLocksTablesInReadersOrder(t *testing.T) {
 
 	rebuilt := make(chan error, 1)
 	go func() {
-		_, err := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{})
+		_, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, discardLog(), RebuildOptions{})
 		rebuilt <- err
 	}()
 	f.eventually("the switch-over waits for a table", func() (bool, error) {
@@ -249,7 +249,7 @@ func TestRebuildLockFreedWhenUnlockFails(t *testing.T) {
 func TestRebuildsStartAfterClose(t *testing.T) {
 	f := newFixture(t)
 	f.direct("alice", "bob")
-	r := NewRebuilds(f.pool, f.stream, discardLog())
+	r := NewRebuilds(f.pool, f.js.Conn(), f.stream, discardLog())
 	t.Cleanup(r.Close)
 	if _, err := r.Start(); err != nil {
 		t.Fatalf("the first rebuild did not start: %v", err)
@@ -282,7 +282,7 @@ func TestRebuildAfterTheLastEventWasDeleted(t *testing.T) {
 	target := f.lastSeq()
 	f.check(f.stream.DeleteMsg(f.ctx, target))
 
-	res, err := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{})
+	res, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, discardLog(), RebuildOptions{})
 	if err != nil || res.Seq != target {
 		t.Fatalf("rebuild: %+v, %v; want it at %d", res, err, target)
 	}
@@ -317,7 +317,7 @@ func TestCatchUpPastDeletedEvents(t *testing.T) {
 			sc, err := newScratch(f.ctx, f.pool, "chatd_test")
 			f.check(err)
 			t.Cleanup(func() { sc.drop(context.Background(), nil) })
-			p := NewProjector(sc.pool, f.stream, discardLog())
+			p := NewProjector(sc.pool, f.js.Conn(), f.stream, discardLog())
 			f.check(p.catchUp(f.ctx, tc.before, nil))
 			for _, seq := range tc.deleted {
 				f.check(f.stream.DeleteMsg(f.ctx, seq))
@@ -349,7 +349,7 @@ func TestCatchUpPastDeletedEvents(t *testing.T) {
 func TestDroppingReplacedTablesWaitsForReaders(t *testing.T) {
 	f := newFixture(t)
 	f.projectOneMessage()
-	res, err := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{KeepOld: true})
+	res, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, discardLog(), RebuildOptions{KeepOld: true})
 	f.check(err)
 	old := pgx.Identifier{res.OldSchema}.Sanitize()
 
@@ -404,8 +404,8 @@ func TestRebuildRefusesAnotherSchemaVersion(t *testing.T) {
 	} {
 		_, err := f.pool.Exec(f.ctx, `UPDATE schema_version SET version = `+tc.change)
 		f.check(err)
-		_, rebuildErr := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{})
-		_, verifyErr := Verify(f.ctx, f.pool, f.stream, discardLog(), nil)
+		_, rebuildErr := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, discardLog(), RebuildOptions{})
+		_, verifyErr := Verify(f.ctx, f.pool, f.js.Conn(), f.stream, discardLog(), nil)
 		for _, err := range []error{rebuildErr, verifyErr} {
 			if err == nil || !strings.Contains(err.Error(), tc.want) || domain.ErrorCode(err) != domain.CodeConflict {
 				t.Fatalf("schema version %s: %v, want a conflict saying %q", tc.change, err, tc.want)
@@ -419,7 +419,7 @@ func TestRebuildRefusesAnotherSchemaVersion(t *testing.T) {
 			t.Fatalf("%d scratch schemas left", scratch)
 		}
 	}
-	if _, err := Rebuild(f.ctx, f.pool, f.stream, discardLog(), RebuildOptions{}); err != nil {
+	if _, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, discardLog(), RebuildOptions{}); err != nil {
 		t.Fatalf("rebuild at the same schema version: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -77,6 +78,7 @@ type RebuildStatus struct {
 // one at a time across nodes), in the background, and remembers how the latest went.
 type Rebuilds struct {
 	pool   *pgxpool.Pool
+	nc     *nats.Conn
 	stream jetstream.Stream
 	log    *slog.Logger
 
@@ -88,8 +90,8 @@ type Rebuilds struct {
 }
 
 // NewRebuilds returns a runner of rebuilds of the live read models in pool.
-func NewRebuilds(pool *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger) *Rebuilds {
-	return &Rebuilds{pool: pool, stream: stream, log: log, status: RebuildStatus{State: "idle"}}
+func NewRebuilds(pool *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, log *slog.Logger) *Rebuilds {
+	return &Rebuilds{pool: pool, nc: nc, stream: stream, log: log, status: RebuildStatus{State: "idle"}}
 }
 
 // Errors of Rebuilds.Start.
@@ -117,7 +119,7 @@ func (r *Rebuilds) Start() (RebuildStatus, error) {
 	r.wg.Go(func() {
 		defer cancel()
 		r.log.Info("rebuild of the read models started")
-		res, err := Rebuild(ctx, r.pool, r.stream, r.log, RebuildOptions{Progress: func(done, total uint64) {
+		res, err := Rebuild(ctx, r.pool, r.nc, r.stream, r.log, RebuildOptions{Progress: func(done, total uint64) {
 			r.mu.Lock()
 			r.status.Done, r.status.Total = done, total
 			r.mu.Unlock()

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
-	"time"
 
+	"github.com/chatd-dev/chatd/streams"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -56,14 +56,14 @@ var verifiedTables = []struct{ name, order, drop string }{
 // table by table (row counts and content digests), with the live read models at the same
 // stream sequence. The live ones keep serving meanwhile; the scratch schema is dropped at
 // the end. progress, when set, hears how far the rebuild is.
-func Verify(ctx context.Context, live *pgxpool.Pool, stream jetstream.Stream, log *slog.Logger, progress func(done, total uint64)) (VerifyResult, error) {
+func Verify(ctx context.Context, live *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, log *slog.Logger, progress func(done, total uint64)) (VerifyResult, error) {
 	sc, err := newScratch(ctx, live, "chatd_verify")
 	if err != nil {
 		return VerifyResult{}, err
 	}
 	defer sc.drop(ctx, log)
 	scratch := sc.pool
-	p := NewProjector(scratch, stream, log)
+	p := NewProjector(scratch, nc, stream, log)
 	if _, err := p.checkpoint(ctx); err != nil {
 		return VerifyResult{}, err
 	}
@@ -128,7 +128,7 @@ func compare(ctx context.Context, live, scratch *pgxpool.Pool, target uint64) (V
 }
 
 // catchUp applies the events after the projector's checkpoint up to and including upTo, and
-// stops there (never beyond), reading the stream with an ordered consumer.
+// stops there (never beyond).
 func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done, total uint64)) error {
 	cp, err := p.checkpoint(ctx)
 	if err != nil {
@@ -137,19 +137,12 @@ func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done
 	if cp >= upTo {
 		return nil
 	}
-	cons, err := p.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   cp + 1,
-	})
-	if err != nil {
-		return fmt.Errorf("create rebuild consumer from %d: %w", cp+1, err)
-	}
 	// Fetching and decoding the next batch overlaps with applying this one, so that this process
 	// and PostgreSQL each keep a core busy.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	steps := make(chan fetched, 1)
-	go p.fetchUpTo(ctx, cons, cp, upTo, steps)
+	go p.fetchUpTo(ctx, cp, upTo, steps)
 	for f := range steps {
 		if f.err != nil {
 			return f.err
@@ -160,12 +153,6 @@ func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done
 			}
 		}
 		cp = f.last
-		if f.end && cp < upTo {
-			if err := p.skipTo(ctx, upTo); err != nil {
-				return err
-			}
-			cp = upTo
-		}
 		if progress != nil {
 			progress(cp, upTo)
 		}
@@ -173,95 +160,48 @@ func (p *Projector) catchUp(ctx context.Context, upTo uint64, progress func(done
 	if cp < upTo {
 		return ctx.Err()
 	}
+	if p.Position() < upTo {
+		// The last events up to upTo were deleted from the stream: the checkpoint moves anyway.
+		return p.skipTo(ctx, upTo)
+	}
 	return nil
 }
 
-// fetched is one batch read by fetchUpTo: its events, the last sequence read, and whether
-// nothing more can come up to the target.
+// fetched is one batch read by fetchUpTo: its events, and the last sequence read (which it may
+// not hold: deleted events).
 type fetched struct {
 	batch decoded
 	last  uint64
-	end   bool
 	err   error
 }
 
 // fetchUpTo reads and decodes the events after `after` up to and including upTo in batches,
-// sends them to out and closes it; it stops at the first error (which it sends) or when ctx ends.
-// It reads with a continuous pull, so that the server delivers the next events while this
-// goroutine decodes and the caller applies (fetching batch by batch left it idle meanwhile).
-func (p *Projector) fetchUpTo(ctx context.Context, cons jetstream.Consumer, after, upTo uint64, out chan<- fetched) {
+// sends them to out and closes it; it stops at the first error (which it sends) or when ctx
+// ends. Its reads run ahead of the caller's applying by a batch or two (see streams.ReadRange).
+func (p *Projector) fetchUpTo(ctx context.Context, after, upTo uint64, out chan<- fetched) {
 	defer close(out)
-	send := func(f fetched) bool {
+	send := func(f fetched) error {
 		select {
 		case out <- f:
-			return f.err == nil && !f.end
+			return nil
 		case <-ctx.Done():
-			return false
+			return ctx.Err()
 		}
 	}
-	// Events up to upTo may have been deleted from the stream (the one at upTo too), or the
-	// stream may now begin after them: then fewer come than upTo-after, and waiting for the rest
-	// would stall. end is set once nothing more can come up to upTo: the stream holds nothing
-	// after what came (counted when the consumer was created, and with each message), or what
-	// came is past upTo.
-	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
-		send(fetched{last: after, end: true})
-		return
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * p.batchSize))
-	if err != nil {
-		send(fetched{err: fmt.Errorf("rebuild consume: %w", err)})
-		return
-	}
-	defer it.Stop()
-	defer context.AfterFunc(ctx, it.Stop)()
-	// A watchdog rather than a timeout on each Next, which would allocate a timer per event.
-	var stalled atomic.Bool
-	watchdog := time.AfterFunc(fetchStall, func() { stalled.Store(true); it.Stop() })
-	defer watchdog.Stop()
-	for f := (fetched{last: after}); ; f = (fetched{last: f.last}) {
-		f.batch = newDecoded(p.batchSize)
-		for len(f.batch.msgs) < p.batchSize && f.last < upTo && !f.end {
-			m, err := it.Next()
-			if stalled.Load() {
-				f.err = fmt.Errorf("rebuild stalled at %d of %d: nothing came for %v", f.last, upTo, fetchStall)
-				break
+	err := streams.ReadRange(ctx, p.nc, p.stream.CachedInfo().Config.Name, after+1, upTo, p.batchSize, func(msgs []streams.Stored, through uint64) error {
+		f := fetched{batch: newDecoded(len(msgs)), last: through}
+		f.batch.pending = upTo - through
+		for _, m := range msgs {
+			if err := p.add(&f.batch, m); err != nil {
+				return err
 			}
-			if err != nil {
-				f.err = fmt.Errorf("rebuild read: %w", err)
-				break
-			}
-			watchdog.Reset(fetchStall)
-			meta, err := m.Metadata()
-			if err != nil {
-				f.err = fmt.Errorf("rebuild metadata: %w", err)
-				break
-			}
-			if meta.Sequence.Stream > upTo {
-				f.end = true
-				break
-			}
-			if f.err = p.add(&f.batch, m, meta); f.err != nil {
-				break
-			}
-			f.last = meta.Sequence.Stream
-			f.end = meta.NumPending == 0
 		}
-		if f.last >= upTo {
-			f.end = true
-		}
-		// The caller may take its time over the previous batch: that is no stall.
-		watchdog.Stop()
-		if !send(f) {
-			return
-		}
-		watchdog.Reset(fetchStall)
+		return send(f)
+	})
+	if err != nil && ctx.Err() == nil {
+		_ = send(fetched{err: fmt.Errorf("read the stream: %w", err)})
 	}
 }
-
-// fetchStall is how long a catch-up waits for the next event it knows the stream holds before it
-// gives up.
-const fetchStall = 5 * time.Second
 
 // skipTo moves the checkpoint to seq, applying nothing, when the stream holds no event after the
 // checkpoint up to seq. None can come later either once the stream's last sequence has reached

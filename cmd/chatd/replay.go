@@ -51,7 +51,7 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 	defer pool.Close()
 
 	if !*verify {
-		res, err := projections.Rebuild(ctx, pool, stream, log, projections.RebuildOptions{KeepOld: *keepOld, Progress: progress(stderr)})
+		res, err := projections.Rebuild(ctx, pool, nc, stream, log, projections.RebuildOptions{KeepOld: *keepOld, Progress: progress(stderr)})
 		if err != nil {
 			return err
 		}
@@ -62,7 +62,7 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 		}
 		return nil
 	}
-	res, err := projections.Verify(ctx, pool, stream, log, progress(stderr))
+	res, err := projections.Verify(ctx, pool, nc, stream, log, progress(stderr))
 	if err != nil {
 		return err
 	}

@@ -101,7 +101,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	store.Metrics = m
-	projector := projections.NewProjector(pool, stream, log)
+	projector := projections.NewProjector(pool, natsConn, stream, log)
 	projector.Publish = projections.PublishPush(natsConn)
 	projector.Metrics = m
 	projCtx, stopProjector := context.WithCancel(context.WithoutCancel(ctx))
@@ -128,7 +128,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		origins = append(origins, loopbackOrigins(demoLn.Addr())...)
 	}
 
-	rebuilds := projections.NewRebuilds(pool, stream, log)
+	rebuilds := projections.NewRebuilds(pool, natsConn, stream, log)
 	closers.push("rebuild", rebuilds.Close)
 
 	feed := projections.NewFeed(natsConn, stream, pool)

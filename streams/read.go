@@ -1,0 +1,148 @@
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stored is a message read from the stream by ReadRange. Subject is empty when the read that
+// found it did not return subjects (see ReadRange).
+type Stored struct {
+	Seq     uint64
+	Subject string
+	Data    []byte
+}
+
+// ReadStall is how long ReadRange waits for an answer before it gives up.
+const ReadStall = 5 * time.Second
+
+// ReadRange reads every message of the stream from sequence from to sequence to (both included)
+// in order, span by span (batch sequences each), and passes each span's messages to fn with the
+// last sequence of the span, which may hold none. It is how a rebuild reads the stream.
+//
+// Each span is one batched direct get without headers (JetStream's cheapest read: the server
+// builds no headers and the client parses none), and two are in flight while fn works. Such a
+// read does not say which sequence each message has: a span whose answer holds exactly as many
+// messages as it has sequences, the last of them at its end, holds them all in order. Any other
+// span (deleted messages in it, or a replica behind the leader, since any replica answers direct
+// gets) is read again from the leader, message by message, with subjects.
+func ReadRange(ctx context.Context, nc *nats.Conn, stream string, from, to uint64, batch int, fn func(msgs []Stored, through uint64) error) error {
+	if from > to {
+		return nil
+	}
+	inbox := nats.NewInbox()
+	answers := make(chan *nats.Msg, 2*batch+8)
+	sub, err := nc.ChanSubscribe(inbox+".*", answers)
+	if err != nil {
+		return fmt.Errorf("subscribe for direct gets: %w", err)
+	}
+	defer sub.Unsubscribe() //nolint:errcheck // only ends the subscription
+
+	type span struct {
+		from, to uint64
+		reply    string
+		msgs     []Stored
+		last     uint64 // the last sequence the answer holds, from its end-of-batch marker
+		done     bool
+	}
+	getSubject := jetstream.DefaultAPIPrefix + "DIRECT.GET." + stream
+	var spans []*span // in flight, in order
+	next, id := from, 0
+	request := func() error {
+		if next > to {
+			return nil
+		}
+		s := &span{from: next, to: min(next+uint64(batch)-1, to), reply: inbox + "." + strconv.Itoa(id)}
+		id++
+		body := fmt.Appendf(nil, `{"seq":%d,"batch":%d,"no_hdr":true}`, s.from, s.to-s.from+1)
+		if err := nc.PublishRequest(getSubject, s.reply, body); err != nil {
+			return fmt.Errorf("direct get %d..%d: %w", s.from, s.to, err)
+		}
+		spans = append(spans, s)
+		next = s.to + 1
+		return nil
+	}
+	for range 2 {
+		if err := request(); err != nil {
+			return err
+		}
+	}
+	stall := time.NewTimer(ReadStall)
+	defer stall.Stop()
+	for len(spans) > 0 {
+		select {
+		case m := <-answers:
+			var s *span
+			for _, c := range spans {
+				if c.reply == m.Subject {
+					s = c
+				}
+			}
+			if s == nil {
+				continue // an answer to a request of an earlier read
+			}
+			switch status := m.Header.Get("Status"); status {
+			case "":
+				s.msgs = append(s.msgs, Stored{Data: m.Data})
+			case "204": // end of batch
+				s.last, _ = strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+				s.done = true
+			case "404": // nothing at or after s.from on the replica that answered
+				s.done = true
+			default:
+				return fmt.Errorf("direct get %d..%d: status %s %s", s.from, s.to, status, m.Header.Get("Description"))
+			}
+		case <-stall.C:
+			return fmt.Errorf("read of %d..%d stalled: nothing came for %v", spans[0].from, spans[0].to, ReadStall)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		for len(spans) > 0 && spans[0].done {
+			s := spans[0]
+			spans = spans[1:]
+			if err := request(); err != nil {
+				return err
+			}
+			if uint64(len(s.msgs)) == s.to-s.from+1 && s.last == s.to {
+				for i := range s.msgs {
+					s.msgs[i].Seq = s.from + uint64(i)
+				}
+			} else if s.msgs, err = readFromLeader(ctx, nc, stream, s.from, s.to); err != nil {
+				return err
+			}
+			stall.Stop()
+			if err := fn(s.msgs, s.to); err != nil {
+				return err
+			}
+			stall.Reset(ReadStall)
+		}
+	}
+	return nil
+}
+
+// readFromLeader reads the messages from..to from the stream's leader, one request each. Each
+// request asks for the next message at or after a sequence, so deleted ones cost nothing.
+func readFromLeader(ctx context.Context, nc *nats.Conn, stream string, from, to uint64) ([]Stored, error) {
+	var msgs []Stored
+	for seq := from; seq <= to; {
+		m, _, err := getFromLeader(ctx, nc, msgGetSubject(stream), msgGetRequest{Seq: seq, NextFor: ">"})
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m.Sequence > to {
+			break
+		}
+		msgs = append(msgs, Stored{Seq: m.Sequence, Subject: m.Subject, Data: m.Data})
+		seq = m.Sequence + 1
+	}
+	return msgs, nil
+}

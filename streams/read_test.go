@@ -1,0 +1,66 @@
+package streams_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/chatd-dev/chatd/internal/natstest"
+	"github.com/chatd-dev/chatd/streams"
+)
+
+// ReadRange returns every message of a range exactly once, in order, with its sequence, at any
+// span size: spans without gaps from the batched direct gets, spans with deleted messages (or,
+// on a cluster, from a lagging replica) from the leader.
+func TestReadRange(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc := natstest.Connect(t, natstest.RunServer(t, ""))
+	js, st := natstest.Stream(t, nc, streams.Config{})
+	const n = 60
+	for i := 1; i <= n; i++ {
+		if _, err := js.Publish(ctx, fmt.Sprintf("chat.evt.test.%d", i), fmt.Appendf(nil, "m%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleted := []uint64{1, 7, 8, 20, 31, 32, 33, 34, 35, 36, 60}
+	for _, seq := range deleted {
+		if err := st.DeleteMsg(ctx, seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := st.CachedInfo().Config.Name
+	for _, r := range []struct{ from, to uint64 }{{1, n}, {5, 40}, {21, 30}, {31, 36}} {
+		for _, batch := range []int{1, 3, 6, 10, 1000} {
+			var got []uint64
+			var throughs []uint64
+			err := streams.ReadRange(ctx, nc, name, r.from, r.to, batch, func(msgs []streams.Stored, through uint64) error {
+				for _, m := range msgs {
+					if string(m.Data) != fmt.Sprint("m", m.Seq) || (m.Subject != "" && m.Subject != fmt.Sprint("chat.evt.test.", m.Seq)) {
+						t.Errorf("%d..%d by %d: message %d is %q on %q", r.from, r.to, batch, m.Seq, m.Data, m.Subject)
+					}
+					got = append(got, m.Seq)
+				}
+				throughs = append(throughs, through)
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("%d..%d by %d: %v", r.from, r.to, batch, err)
+			}
+			var want []uint64
+			for seq := r.from; seq <= r.to; seq++ {
+				if !slices.Contains(deleted, seq) {
+					want = append(want, seq)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%d..%d by %d: read %v, want %v", r.from, r.to, batch, got, want)
+			}
+			if len(throughs) == 0 || throughs[len(throughs)-1] != r.to || !slices.IsSorted(throughs) {
+				t.Errorf("%d..%d by %d: spans through %v", r.from, r.to, batch, throughs)
+			}
+		}
+	}
+}
