@@ -105,11 +105,7 @@ func TestNewLeaderPushesWhatTheOldOneMayNotHave(t *testing.T) {
 	// message and the next are parked, never pushed.
 	poisoned, _, _, err := f.store.CreateConversation(f.ctx, "bob", domain.KindDirect, "", []string{"carol"})
 	f.check(err)
-	poison := fmt.Sprintf(`{"v":1,"id":"epoison","type":"message.created","conversation_id":%q,"actor":"bob",`+
-		`"time":"2026-11-23T10:00:00Z","data":{"message_id":"%s-aaaaaaaaaaaaaaaaaaaa","sender_id":"bob","client_msg_id":"p","body":"a\u0000b"}}`,
-		poisoned.ID, poisoned.ID)
-	_, err = f.js.Publish(f.ctx, "chat.evt.conv."+poisoned.ID+".msg.aaaaaaaaaaaaaaaaaaaa", []byte(poison))
-	f.check(err)
+	f.poison(poisoned.ID, "bob")
 	_, _, err = f.store.SendMessage(f.ctx, "bob", poisoned.ID, "after", "waits with the poison")
 	f.check(err)
 	send(g.ID, "4")

@@ -90,6 +90,18 @@ func (f *fixture) direct(a, b string) domain.Conversation {
 	return d
 }
 
+// poison appends to conversation conv a message from actor that PostgreSQL refuses: its body
+// holds a NUL, which the text type does not take. (The command side refuses such bodies; this
+// one is written past it, as a bug or an old version might.)
+func (f *fixture) poison(conv, actor string) {
+	f.t.Helper()
+	poison := fmt.Sprintf(`{"v":1,"id":"epoison","type":"message.created","conversation_id":%q,"actor":%q,`+
+		`"time":"2026-11-23T10:00:00Z","data":{"message_id":"%s-aaaaaaaaaaaaaaaaaaaa","sender_id":%q,"client_msg_id":"p","body":"a\u0000b"}}`,
+		conv, actor, conv, actor)
+	_, err := f.js.Publish(f.ctx, "chat.evt.conv."+conv+".msg.aaaaaaaaaaaaaaaaaaaa", []byte(poison))
+	f.check(err)
+}
+
 func (f *fixture) check(err error) {
 	f.t.Helper()
 	if err != nil {
@@ -255,14 +267,7 @@ func TestPoisonEventIsParked(t *testing.T) {
 	healthy, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindDirect, "", []string{"carol"})
 	f.check(err)
 
-	// A message.created whose body holds a NUL: PostgreSQL's text type refuses it. (The command
-	// side refuses such bodies; this one is written past it, as a bug or an old version might.)
-	poison := fmt.Sprintf(`{"v":1,"id":"epoison","type":"message.created","conversation_id":%q,"actor":"alice",`+
-		`"time":"2026-11-23T10:00:00Z","data":{"message_id":"%s-aaaaaaaaaaaaaaaaaaaa","sender_id":"alice","client_msg_id":"p","body":"a\u0000b"}}`,
-		poisoned.ID, poisoned.ID)
-	if _, err := f.js.Publish(f.ctx, "chat.evt.conv."+poisoned.ID+".msg.aaaaaaaaaaaaaaaaaaaa", []byte(poison)); err != nil {
-		t.Fatal(err)
-	}
+	f.poison(poisoned.ID, "alice")
 	_, _, err = f.store.SendMessage(f.ctx, "alice", poisoned.ID, "after", "waits with the poison")
 	f.check(err)
 	ok, _, err := f.store.SendMessage(f.ctx, "alice", healthy.ID, "fine", "goes through")
