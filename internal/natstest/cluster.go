@@ -20,18 +20,51 @@ import (
 // deciding expectations, appends in flight.
 func RunCluster(tb testing.TB, n int) []*server.Server {
 	tb.Helper()
+	var servers []*server.Server
+	for attempt := 1; servers == nil; attempt++ {
+		var err error
+		if servers, err = startCluster(tb, n); err != nil {
+			if attempt == 3 {
+				tb.Fatal(err)
+			}
+			tb.Logf("nats cluster, attempt %d: %v; trying other ports", attempt, err)
+		}
+	}
+	// The cluster places replicated streams once its meta leader sees every server online.
+	deadline := time.Now().Add(30 * time.Second)
+	for !clusterReady(servers) {
+		if time.Now().After(deadline) {
+			tb.Fatal("nats cluster: JetStream never saw every server online")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return servers
+}
+
+// startCluster starts n servers routed to one another. The route ports are picked free and then
+// released for the servers to bind, so another process may take one meanwhile: then a server
+// never becomes ready, and every server of the attempt is shut down.
+func startCluster(tb testing.TB, n int) ([]*server.Server, error) {
 	ports := make([]int, n)
 	routes := make([]*url.URL, n)
 	for i := range ports {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			tb.Fatal(err)
+			return nil, err
 		}
 		ports[i] = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 		routes[i] = &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", ports[i])}
 	}
 	servers := make([]*server.Server, n)
+	shutdown := func() {
+		for _, s := range servers {
+			if s != nil {
+				s.Shutdown()
+				s.WaitForShutdown()
+			}
+		}
+	}
 	for i := range servers {
 		s, err := server.NewServer(&server.Options{
 			ServerName: fmt.Sprintf("chatd-test-%d", i),
@@ -45,29 +78,20 @@ func RunCluster(tb testing.TB, n int) []*server.Server {
 			NoLog:      true,
 		})
 		if err != nil {
-			tb.Fatalf("nats server %d: %v", i, err)
+			shutdown()
+			return nil, fmt.Errorf("nats server %d: %w", i, err)
 		}
 		go s.Start()
-		tb.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
 		servers[i] = s
 	}
 	for i, s := range servers {
 		if !s.ReadyForConnections(10 * time.Second) {
-			tb.Fatalf("nats server %d not ready", i)
+			shutdown()
+			return nil, fmt.Errorf("nats server %d not ready", i)
 		}
 	}
-	// The cluster places replicated streams once its meta leader sees every server online.
-	deadline := time.Now().Add(30 * time.Second)
-	for !clusterReady(servers) {
-		if time.Now().After(deadline) {
-			tb.Fatal("nats cluster: JetStream never saw every server online")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return servers
+	tb.Cleanup(shutdown)
+	return servers, nil
 }
 
 func clusterReady(servers []*server.Server) bool {
