@@ -258,11 +258,16 @@ func (q *frameQueue) take() [][]byte {
 }
 
 // enqueue never blocks: a client whose queue is full is closed and resumes later with since.
+// Once it is being closed for that, or for a missed push, nothing more is queued: the client
+// resumes from the last seq it got, and a later frame would make it skip the ones it missed.
 func (c *wsConn) enqueue(frame []byte) {
 	select {
 	case <-c.done:
 		return
 	default:
+	}
+	if c.slow.Load() {
+		return
 	}
 	if !c.out.push(frame) {
 		c.tooSlow()
@@ -298,6 +303,9 @@ var errPushLost = errors.New("a push was lost on its way to this node")
 // enqueueWait is for the replay, which may hold more frames than the queue: it waits for the
 // writer instead of treating a full queue as a slow client.
 func (c *wsConn) enqueueWait(ctx context.Context, frame []byte) error {
+	if c.slow.Load() {
+		return errors.New("connection closing with 4008") // see enqueue
+	}
 	for !c.out.push(frame) {
 		select {
 		case <-c.out.space:
@@ -434,7 +442,12 @@ func (s *server) ws(c echo.Context) error {
 		return nil
 	}
 	defer s.Hub.remove(conn)
-	defer conn.close(websocket.CloseNormalClosure, "")
+	defer func() {
+		if conn.slow.Load() { // closing with 4008 in a goroutine of its own: that close, not 1000
+			conn.close(CloseTooSlow, "too far behind; reconnect with since")
+		}
+		conn.close(websocket.CloseNormalClosure, "")
+	}()
 	go conn.writer()
 	expiry := time.AfterFunc(time.Until(exp), func() { conn.close(CloseTokenExpired, "token expired; reconnect with a fresh token") })
 	defer expiry.Stop()
@@ -448,8 +461,8 @@ func (s *server) ws(c echo.Context) error {
 	}
 	defer stop()
 	ctx := c.Request().Context()
-	if err := s.startStream(ctx, conn, resume, since, c.QueryParam("epoch")); errors.Is(err, errPushLost) {
-		return nil // closed with 4008: the client resumes
+	if err := s.startStream(ctx, conn, resume, since, c.QueryParam("epoch")); errors.Is(err, errPushLost) || conn.slow.Load() {
+		return nil // closing with 4008: the client resumes
 	} else if err != nil {
 		s.Log.Warn("websocket start failed", "err", err)
 		conn.close(websocket.CloseTryAgainLater, "try again")

@@ -50,6 +50,7 @@ func frameOf(seq uint64) []byte {
 func TestConnectionClosesOnAMissedPush(t *testing.T) {
 	t.Run("live", func(t *testing.T) {
 		c, client := wsPair(t)
+		go c.writer()
 		if err := c.goLive(context.Background(), 4); err != nil { // the replay went up to 4
 			t.Fatal(err)
 		}
@@ -64,8 +65,28 @@ func TestConnectionClosesOnAMissedPush(t *testing.T) {
 		c.deliver(9, 8, []byte("9"))
 		expectMissedClose(t, client)
 	})
+	t.Run("nothing after the gap", func(t *testing.T) {
+		// A frame queued after the gap would reach the client before the close, and the client
+		// would resume after it, past the frame it missed.
+		c, _ := wsPair(t)
+		if err := c.goLive(context.Background(), 4); err != nil {
+			t.Fatal(err)
+		}
+		c.deliver(5, 4, []byte("5"))
+		c.deliver(8, 7, []byte("8"))   // 7 never came
+		c.deliver(10, 0, []byte("10")) // the projector knows no predecessor: passes the floor
+		c.deliver(0, 0, []byte("typing"))
+		var queued []string
+		for _, f := range c.out.take() {
+			queued = append(queued, string(f))
+		}
+		if !slices.Equal(queued, []string{"5"}) {
+			t.Fatalf("queued %v, want only [5]", queued)
+		}
+	})
 	t.Run("check", func(t *testing.T) {
 		c, client := wsPair(t)
+		go c.writer()
 		if err := c.goLive(context.Background(), 4); err != nil {
 			t.Fatal(err)
 		}
@@ -83,6 +104,7 @@ func TestConnectionClosesOnAMissedPush(t *testing.T) {
 	})
 	t.Run("replay", func(t *testing.T) {
 		c, client := wsPair(t)
+		go c.writer()
 		c.deliver(5, 4, []byte("5"))
 		c.deliver(8, 7, []byte("8"))
 		if err := c.goLive(context.Background(), 4); !errors.Is(err, errPushLost) {
@@ -115,7 +137,8 @@ func expectMissedClose(t *testing.T, client *websocket.Conn) {
 	}
 }
 
-// wsPair returns the server side of a WebSocket connection, as a wsConn, and its client.
+// wsPair returns the server side of a WebSocket connection, as a wsConn whose writer has not
+// started, and its client.
 func wsPair(t *testing.T) (*wsConn, *websocket.Conn) {
 	t.Helper()
 	conns := make(chan *websocket.Conn, 1)
@@ -135,7 +158,6 @@ func wsPair(t *testing.T) (*wsConn, *websocket.Conn) {
 	t.Cleanup(func() { client.Close() })
 	cfg := &WSConfig{SendQueue: 100, PingInterval: time.Minute, WriteTimeout: 5 * time.Second}
 	c := &wsConn{ws: <-conns, out: newFrameQueue(cfg.SendQueue), done: make(chan struct{}), cfg: cfg}
-	go c.writer()
 	t.Cleanup(func() { c.close(websocket.CloseNormalClosure, "") })
 	return c, client
 }

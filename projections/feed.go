@@ -39,7 +39,8 @@ type Feed struct {
 // userPushes is one user's subscription and the connections it delivers to.
 type userPushes struct {
 	sub     *nats.Subscription
-	dropped int // pushes NATS dropped for this subscription, as last seen
+	checks  *nats.Subscription // the projector's checks of its last push (see Projector.check)
+	dropped int                // pushes NATS dropped for this subscription, as last seen
 	conns   map[uint64]subscriber
 }
 
@@ -83,11 +84,15 @@ func (f *Feed) dispatch() {
 		case <-f.done:
 			return
 		}
+		subject := m.Subject
+		if push, ok := streams.PushSubjectOfCheck(subject); ok {
+			subject = push
+		}
 		seq, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
 		prev, _ := strconv.ParseUint(m.Header.Get(PrevHeader), 10, 64)
 		delivers = delivers[:0]
 		f.mu.Lock()
-		if u := f.users[m.Subject]; u != nil {
+		if u := f.users[subject]; u != nil {
 			for _, c := range u.conns {
 				delivers = append(delivers, c.deliver)
 			}
@@ -153,12 +158,20 @@ func (f *Feed) Subscribe(user string, deliver func(seq, prev uint64, frame []byt
 	f.mu.Lock()
 	u := f.users[subject]
 	if u == nil {
+		// Both subscriptions feed one channel from one connection, so a check arrives after the
+		// pushes published before it.
 		sub, err := f.nc.ChanSubscribe(subject, f.pushes)
 		if err != nil {
 			f.mu.Unlock()
 			return nil, domain.Unavailable("push is unavailable", fmt.Errorf("subscribe to pushes of %s: %w", user, err))
 		}
-		u = &userPushes{sub: sub, conns: map[uint64]subscriber{}}
+		checks, err := f.nc.ChanSubscribe(streams.CheckSubject(user), f.pushes)
+		if err != nil {
+			_ = sub.Unsubscribe()
+			f.mu.Unlock()
+			return nil, domain.Unavailable("push is unavailable", fmt.Errorf("subscribe to push checks of %s: %w", user, err))
+		}
+		u = &userPushes{sub: sub, checks: checks, conns: map[uint64]subscriber{}}
 		f.users[subject] = u
 	}
 	f.nextID++
@@ -171,6 +184,7 @@ func (f *Feed) Subscribe(user string, deliver func(seq, prev uint64, frame []byt
 		delete(u.conns, id)
 		if len(u.conns) == 0 && f.users[subject] == u {
 			_ = u.sub.Unsubscribe()
+			_ = u.checks.Unsubscribe()
 			delete(f.users, subject)
 		}
 	}

@@ -81,8 +81,9 @@ func dropped(f *Feed, user string) int {
 	return n
 }
 
-// A push's seq and the seq of the push before it reach the connection with the frame: that is
-// how it drops what it has and notices what it never got.
+// A push's seq and the seq of the push before it reach the connection with the frame, and a
+// check (on a subject of its own) the seq of the last push: that is how a connection drops what
+// it has and notices what it never got.
 func TestPushCarriesItsPredecessor(t *testing.T) {
 	s := natstest.RunServer(t, "")
 	f := NewFeed(natstest.Connect(t, s), nil, nil)
@@ -101,7 +102,10 @@ func TestPushCarriesItsPredecessor(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, want := range []string{"7 0 frame", "9 7 frame", "0 0 frame"} {
+	if err := publish(streams.CheckSubject("alice"), 0, 9, nil); err != nil { // a check
+		t.Fatal(err)
+	}
+	for _, want := range []string{"7 0 frame", "9 7 frame", "0 0 frame", "0 9 "} {
 		select {
 		case g := <-got:
 			if g != want {

@@ -140,8 +140,11 @@ func newPushed() *lru.Cache[string, uint64] {
 // repushWindow is how many events before its checkpoint a new leader pushes again. A leader
 // pushes a batch after committing it, before it starts the next, into its NATS connection's
 // buffer, which a goroutine of the client flushes: a leader that dies may have committed a batch
-// it never pushed, and left the pushes of the one before unflushed. Two batches cover both.
-func (p *Projector) repushWindow() uint64 { return 2 * uint64(p.batchSize) }
+// it never pushed, and left the pushes of the one before unflushed. While its connection is
+// reconnecting, pushes wait in the client's reconnect buffer, and the leader can still apply what
+// was delivered before (up to three batches: its channel and the consumer's buffer). Four
+// batches cover that.
+func (p *Projector) repushWindow() uint64 { return 4 * uint64(p.batchSize) }
 
 // repush publishes again the pushes of the last events up to the checkpoint cp, as the leader
 // before would have (push after commit holds: they are committed). When that leader died between

@@ -231,7 +231,7 @@ func (p *Projector) check() {
 	}
 	for u := range p.unchecked {
 		if last, ok := p.pushed.Get(u); ok {
-			if err := p.Publish(streams.PushSubject(u), 0, last, nil); err != nil {
+			if err := p.Publish(streams.CheckSubject(u), 0, last, nil); err != nil {
 				p.log.Warn("push check failed", "user", u, "err", err)
 			}
 		}

@@ -19,7 +19,7 @@ type Stored struct {
 	Data    []byte
 }
 
-// ReadStall is how long ReadRange waits for an answer before it gives up.
+// ReadStall is how long ReadRange waits for the next answer before it gives up.
 const ReadStall = 5 * time.Second
 
 // ReadRange reads every message of the stream from sequence from to sequence to (both included)
@@ -78,6 +78,7 @@ func ReadRange(ctx context.Context, nc *nats.Conn, stream string, from, to uint6
 	for len(spans) > 0 {
 		select {
 		case m := <-answers:
+			stall.Reset(ReadStall)
 			var s *span
 			for _, c := range spans {
 				if c.reply == m.Subject {
@@ -120,7 +121,7 @@ func ReadRange(ctx context.Context, nc *nats.Conn, stream string, from, to uint6
 			if err := fn(s.msgs, s.to); err != nil {
 				return err
 			}
-			stall.Reset(ReadStall)
+			stall.Reset(ReadStall) // fn may take its time: that is no stall
 		}
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
@@ -316,6 +317,22 @@ func messageSubjects(messageID string) (string, error) {
 
 // PushSubject is the core NATS subject on which the user's pushes are published.
 func PushSubject(user string) string { return "chat.push." + user }
+
+// CheckSubject is where the projector tells user's nodes which push to user was its last (see
+// projections.Projector.check). It is not a push subject, so that a node that does not know
+// checks (an older chatd, during a rolling upgrade) never passes one on to a client.
+func CheckSubject(user string) string { return checkPrefix + user }
+
+const checkPrefix = "chat.check."
+
+// PushSubjectOfCheck returns the push subject of the user whose check subject is subject.
+func PushSubjectOfCheck(subject string) (string, bool) {
+	user, ok := strings.CutPrefix(subject, checkPrefix)
+	if !ok {
+		return "", false
+	}
+	return PushSubject(user), true
+}
 
 // isConflict reports whether err is JetStream refusing an append because another append got
 // there first: an expected last sequence did not match (someone changed the state the decision
