@@ -222,3 +222,29 @@ func TestLeaderChecksItsLastPushes(t *testing.T) {
 		t.Fatalf("checks %q after the message's, want none", got[len(before):])
 	}
 }
+
+// A leader that finds itself deposed goes back through the lock: here nobody else holds it, so
+// it takes the lead again, with a new term, and applies what comes next.
+func TestDeposedLeaderTakesTheLeadAgain(t *testing.T) {
+	f := newFixture(t)
+	_, _, _, err := f.store.ProvisionUser(f.ctx, "alice", "alice")
+	f.check(err)
+	a := f.projector()
+	f.run(a)
+	f.waitFor(a, f.lastSeq())
+	f.waitLeading(a)
+	b := f.projector() // another node's projector took the lead (and then went away)
+	_, err = b.takeOver(f.ctx)
+	f.check(err)
+	_, _, _, err = f.store.ProvisionUser(f.ctx, "bob", "bob")
+	f.check(err)
+	f.waitFor(a, f.lastSeq())
+	var term uint64
+	f.check(f.pool.QueryRow(f.ctx, `SELECT term FROM projector_checkpoints WHERE name = $1`, ProjectorName).Scan(&term))
+	if term != 3 {
+		t.Fatalf("term %d, want 3: a's, b's, a's again", term)
+	}
+	if err := a.Healthy(); err != nil {
+		t.Fatal(err)
+	}
+}
