@@ -124,11 +124,14 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 		t.Fatal("no send was acknowledged")
 	}
 
-	// A failed send is retried until it is answered, as a client would.
+	// A failed send is retried until it is answered, as a client would, each attempt with a
+	// timeout of its own: a request in flight while the cluster settles may go unanswered.
 	landed := 0 // failed sends that the stream had stored after all
 	for _, s := range failed {
 		for attempt := 0; ; attempt++ {
-			m, created, err := n.store.SendMessage(ctx, s.sender, s.conv, s.clientMsgID, "hello")
+			sendCtx, cancelSend := context.WithTimeout(ctx, 5*time.Second)
+			m, created, err := n.store.SendMessage(sendCtx, s.sender, s.conv, s.clientMsgID, "hello")
+			cancelSend()
 			if err == nil {
 				acked[m.ID] = s
 				if !created {
