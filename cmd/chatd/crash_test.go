@@ -136,3 +136,75 @@ func TestKillDuringSendBurst(t *testing.T) {
 	}
 	t.Logf("%d sends acknowledged before SIGKILL, %d tried; all present exactly once after restart", len(acked), len(tried))
 }
+
+// Killing the node whose projector leads, in the middle of a send burst through another node,
+// costs a client connected to that other node nothing: its connection stays open, and it gets
+// every acknowledged message once, in order. The node that takes over pushes the last events
+// again (for any the dead leader committed without pushing), and the connection drops those it
+// has sent.
+func TestKillTheProjectorLeader(t *testing.T) {
+	env := dbEnv(t)
+	externalNATS(t, env)
+	leader := startProcess(t, env)
+	leader.provision("alice", "Alice")
+	leader.provision("bob", "Bob")
+	alice, bob := leader.token("alice"), leader.token("bob")
+	d := leader.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "direct", "members": []string{"bob"}})
+	leader.must(200, "GET", "/api/v1/me?min_seq="+d.header.Get("X-Chat-Seq"), bob, nil) // its projector leads
+
+	survivor := start(t, env)
+	ws := survivor.mustWS(bob, "")
+	ws.nextOf("ready")
+	path := "/api/v1/conversations/" + d.str("id") + "/messages"
+
+	const senders, perSender = 4, 150
+	var (
+		mu     sync.Mutex
+		acked  = map[uint64]bool{}
+		okSend atomic.Int64
+		wg     sync.WaitGroup
+	)
+	for s := range senders {
+		wg.Go(func() {
+			for i := range perSender {
+				r := survivor.do("POST", path, alice, fmt.Sprintf(`{"client_msg_id":"s%d-%d","body":"burst"}`, s, i))
+				if r.status != 201 {
+					t.Errorf("send: %d %s", r.status, r.raw)
+					return
+				}
+				mu.Lock()
+				acked[r.num("seq")] = true
+				mu.Unlock()
+				okSend.Add(1)
+			}
+		})
+	}
+	eventually(t, 60*time.Second, func() error {
+		if n := okSend.Load(); n < senders*perSender/4 {
+			return fmt.Errorf("%d sends acknowledged so far", n)
+		}
+		return nil
+	})
+	if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = leader.cmd.Wait()
+	wg.Wait()
+	if len(acked) != senders*perSender {
+		t.Fatalf("%d sends acknowledged, want %d", len(acked), senders*perSender)
+	}
+
+	var last uint64
+	got := 0
+	for got < len(acked) {
+		f := ws.next() // fails the test if the connection closes
+		if f.Seq == 0 {
+			continue
+		}
+		if f.Seq <= last || !acked[f.Seq] || f.Type != "message.created" {
+			t.Fatalf("frame %s at %d after %d: want each acknowledged message once, in order", f.Type, f.Seq, last)
+		}
+		last = f.Seq
+		got++
+	}
+}
