@@ -12,8 +12,8 @@ import (
 
 // Presence tracks open connections across nodes; *streams.Presence implements it.
 type Presence interface {
-	Connect(ctx context.Context, user string) (key string, err error)
-	Refresh(ctx context.Context, key string) error
+	Connect(ctx context.Context, user string) (key string, rev uint64, err error)
+	Refresh(ctx context.Context, key string, rev uint64) (uint64, error)
 	Disconnect(ctx context.Context, key string) (stillOnline bool, err error)
 	UserOnline(ctx context.Context, user string) (bool, error)
 	Online(ctx context.Context, users []string) ([]string, error)
@@ -28,14 +28,14 @@ func (s *server) trackPresence(conn *wsConn) (done func()) {
 		return func() {}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	key, err := s.Presence.Connect(ctx, conn.user)
+	key, rev, err := s.Presence.Connect(ctx, conn.user)
 	cancel()
 	if err != nil {
 		s.Log.Warn("presence unavailable", "err", err)
 		return func() {}
 	}
 	s.announce(conn.user, true)
-	cp := &connPresence{p: s.Presence, key: key}
+	cp := &connPresence{p: s.Presence, key: key, rev: rev}
 	refresh := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -60,6 +60,7 @@ func (s *server) trackPresence(conn *wsConn) (done func()) {
 type connPresence struct {
 	p      Presence
 	key    string
+	rev    uint64     // the key's revision, which the next renewal expects
 	mu     sync.Mutex // held across a renewal and across the close's removal of the key
 	closed bool
 }
@@ -71,7 +72,9 @@ func (c *connPresence) refresh(ctx context.Context) error {
 	if c.closed {
 		return nil
 	}
-	return c.p.Refresh(ctx, c.key)
+	rev, err := c.p.Refresh(ctx, c.key, c.rev)
+	c.rev = rev
+	return err
 }
 
 // close removes the key, after any renewal under way, and reports whether the user is still

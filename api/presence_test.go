@@ -16,13 +16,13 @@ type slowRefresh struct {
 	started chan struct{}
 }
 
-func (s slowRefresh) Refresh(ctx context.Context, key string) error {
+func (s slowRefresh) Refresh(ctx context.Context, key string, rev uint64) (uint64, error) {
 	select {
 	case s.started <- struct{}{}:
 	default:
 	}
 	time.Sleep(600 * time.Millisecond)
-	return s.Presence.Refresh(ctx, key)
+	return s.Presence.Refresh(ctx, key, rev)
 }
 
 // A renewal under way when the connection closes, or one that starts after, does not put back
@@ -32,12 +32,12 @@ func TestPresenceRenewalDoesNotOutliveClose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, p := natstest.Presence(t)
-	key, err := p.Connect(ctx, "alice")
+	key, rev, err := p.Connect(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
 	started := make(chan struct{}, 1)
-	cp := &connPresence{p: slowRefresh{p, started}, key: key}
+	cp := &connPresence{p: slowRefresh{p, started}, key: key, rev: rev}
 	renewed := make(chan error, 1)
 	go func() { renewed <- cp.refresh(ctx) }()
 	<-started

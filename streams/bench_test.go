@@ -142,13 +142,13 @@ func BenchmarkPresence(b *testing.B) {
 	_, p := natstest.Presence(b)
 	ctx := context.Background()
 	for i := range 2000 {
-		if _, err := p.Connect(ctx, fmt.Sprint("u", i)); err != nil {
+		if _, _, err := p.Connect(ctx, fmt.Sprint("u", i)); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.Run("connect+disconnect", func(b *testing.B) {
 		for b.Loop() {
-			key, err := p.Connect(ctx, "alice")
+			key, _, err := p.Connect(ctx, "alice")
 			if err != nil {
 				b.Fatal(err)
 			}

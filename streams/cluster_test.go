@@ -279,7 +279,7 @@ func TestPresenceAcrossACluster(t *testing.T) {
 	if c := bucket.CachedInfo().Cluster; c == nil || c.Leader == "" || len(c.Replicas) != 2 {
 		t.Fatalf("presence bucket right after setup: cluster %+v, want a leader and two replicas", c)
 	}
-	key, err := first.Connect(ctx, "alice")
+	key, _, err := first.Connect(ctx, "alice")
 	if err != nil {
 		t.Fatalf("the first connection right after setup: %v", err)
 	}

@@ -60,21 +60,39 @@ func SetupPresence(ctx context.Context, js jetstream.JetStream, replicas int) (*
 	return &Presence{kv: kv, stream: stream, nc: js.Conn()}, nil
 }
 
-// Connect records a new connection of user and returns its key.
-func (p *Presence) Connect(ctx context.Context, user string) (string, error) {
-	key := user + "." + domain.NewEventID()
-	if _, err := p.kv.Put(ctx, key, nil); err != nil {
-		return "", domain.Unavailable("presence is unavailable", fmt.Errorf("put %s: %w", key, err))
+// Connect records a new connection of user and returns its key, and the key's revision, which
+// the connection's first renewal expects.
+func (p *Presence) Connect(ctx context.Context, user string) (key string, rev uint64, err error) {
+	key = user + "." + domain.NewEventID()
+	if rev, err = p.kv.Create(ctx, key, nil); err != nil {
+		return "", 0, domain.Unavailable("presence is unavailable", fmt.Errorf("create %s: %w", key, err))
 	}
-	return key, nil
+	return key, rev, nil
 }
 
-// Refresh renews a connection's key.
-func (p *Presence) Refresh(ctx context.Context, key string) error {
-	if _, err := p.kv.Put(ctx, key, nil); err != nil {
-		return fmt.Errorf("refresh presence %s: %w", key, err)
+// Refresh renews a connection's key, expected at revision rev, and returns its new revision.
+//
+// The expectation keeps a renewal that lands late from putting back a key that closing the
+// connection purged: one whose caller gave up waiting for it, while it was still on its way. It
+// fails instead, since the purged key has no revision. A renewal that finds the key at another
+// revision (an earlier renewal that its caller gave up on did land), or finds no key (renewals
+// failed for a whole TTL, and it expired), renews what it finds: the connection is still open,
+// since only open connections renew.
+func (p *Presence) Refresh(ctx context.Context, key string, rev uint64) (uint64, error) {
+	next, err := p.kv.Update(ctx, key, nil, rev)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		var e jetstream.KeyValueEntry
+		switch e, err = p.kv.Get(ctx, key); {
+		case err == nil:
+			next, err = p.kv.Update(ctx, key, nil, e.Revision())
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			next, err = p.kv.Create(ctx, key, nil)
+		}
 	}
-	return nil
+	if err != nil {
+		return rev, fmt.Errorf("refresh presence %s: %w", key, err)
+	}
+	return next, nil
 }
 
 // Disconnect removes a connection's key and reports whether its user is still online through
