@@ -22,15 +22,21 @@ type Stored struct {
 // ReadStall is how long ReadRange waits for the next answer before it gives up.
 const ReadStall = 5 * time.Second
 
+// readMaxBytes, when set, caps each answer's size (tests: the server's own cap is its max pending,
+// 64 MB by default).
+var readMaxBytes int
+
 // ReadRange reads every message of the stream from sequence from to sequence to (both included)
 // in order, span by span (batch sequences each), and passes each span's messages to fn with the
 // last sequence of the span, which may hold none. It is how a rebuild reads the stream.
 //
 // Each span is one batched direct get without headers (JetStream's cheapest read: the server
 // builds no headers and the client parses none), and two are in flight while fn works. Such a
-// read does not say which sequence each message has: a span whose answer holds exactly as many
-// messages as it has sequences, the last of them at its end, holds them all in order. Any other
-// span (deleted messages in it, or a replica behind the leader, since any replica answers direct
+// read does not say which sequence each message has: an answer of n messages, the last of them
+// (its end-of-batch marker says) at the span's start + n - 1, holds those sequences in order. When
+// that is short of the span's end (the server cuts an answer at its max pending size, or the
+// replica that answered ends there), the rest is asked for next. Any other span (deleted
+// messages in it, or nothing: a replica behind the leader, since any replica answers direct
 // gets) is read again from the leader, message by message, with subjects.
 func ReadRange(ctx context.Context, nc *nats.Conn, stream string, from, to uint64, batch int, fn func(msgs []Stored, through uint64) error) error {
 	if from > to {
@@ -54,15 +60,26 @@ func ReadRange(ctx context.Context, nc *nats.Conn, stream string, from, to uint6
 	getSubject := jetstream.DefaultAPIPrefix + "DIRECT.GET." + stream
 	var spans []*span // in flight, in order
 	next, id := from, 0
-	request := func() error {
+	get := func(from, to uint64) (*span, error) {
+		s := &span{from: from, to: to, reply: inbox + "." + strconv.Itoa(id)}
+		id++
+		body := fmt.Appendf(nil, `{"seq":%d,"batch":%d,"no_hdr":true`, s.from, s.to-s.from+1)
+		if readMaxBytes > 0 {
+			body = fmt.Appendf(body, `,"max_bytes":%d`, readMaxBytes)
+		}
+		body = append(body, '}')
+		if err := nc.PublishRequest(getSubject, s.reply, body); err != nil {
+			return nil, fmt.Errorf("direct get %d..%d: %w", s.from, s.to, err)
+		}
+		return s, nil
+	}
+	request := func() error { // the next span
 		if next > to {
 			return nil
 		}
-		s := &span{from: next, to: min(next+uint64(batch)-1, to), reply: inbox + "." + strconv.Itoa(id)}
-		id++
-		body := fmt.Appendf(nil, `{"seq":%d,"batch":%d,"no_hdr":true}`, s.from, s.to-s.from+1)
-		if err := nc.PublishRequest(getSubject, s.reply, body); err != nil {
-			return fmt.Errorf("direct get %d..%d: %w", s.from, s.to, err)
+		s, err := get(next, min(next+uint64(batch)-1, to))
+		if err != nil {
+			return err
 		}
 		spans = append(spans, s)
 		next = s.to + 1
@@ -107,18 +124,34 @@ func ReadRange(ctx context.Context, nc *nats.Conn, stream string, from, to uint6
 		for len(spans) > 0 && spans[0].done {
 			s := spans[0]
 			spans = spans[1:]
-			if err := request(); err != nil {
-				return err
-			}
-			if uint64(len(s.msgs)) == s.to-s.from+1 && s.last == s.to {
+			n, through := uint64(len(s.msgs)), s.to
+			switch {
+			case n > 0 && s.last == s.from+n-1: // sequences s.from to s.last, all there
 				for i := range s.msgs {
 					s.msgs[i].Seq = s.from + uint64(i)
 				}
-			} else if s.msgs, err = readFromLeader(ctx, nc, stream, s.from, s.to); err != nil {
-				return err
+				if s.last < s.to {
+					// The server stopped at its size limit (or the replica that answered ends
+					// here): the rest of the span is asked for, and comes before later spans.
+					rest, err := get(s.last+1, s.to)
+					if err != nil {
+						return err
+					}
+					spans = append([]*span{rest}, spans...)
+					through = s.last
+				}
+			default:
+				if s.msgs, err = readFromLeader(ctx, nc, stream, s.from, s.to); err != nil {
+					return err
+				}
+			}
+			if through == s.to {
+				if err := request(); err != nil {
+					return err
+				}
 			}
 			stall.Stop()
-			if err := fn(s.msgs, s.to); err != nil {
+			if err := fn(s.msgs, through); err != nil {
 				return err
 			}
 			stall.Reset(ReadStall) // fn may take its time: that is no stall

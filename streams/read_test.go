@@ -1,6 +1,7 @@
 package streams_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -62,5 +63,40 @@ func TestReadRange(t *testing.T) {
 				t.Errorf("%d..%d by %d: spans through %v", r.from, r.to, batch, throughs)
 			}
 		}
+	}
+}
+
+// An answer that the server cuts at its size limit (its max pending, unless the request asks for
+// less) is a complete start of its span: ReadRange takes it and asks for the rest, rather than
+// reading the span from the leader message by message (which would come with subjects).
+func TestReadRangeTakesCutAnswers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc := natstest.Connect(t, natstest.RunServer(t, ""))
+	js, st := natstest.Stream(t, nc, streams.Config{})
+	const n = 60
+	for i := 1; i <= n; i++ {
+		if _, err := js.Publish(ctx, fmt.Sprintf("chat.evt.test.%d", i), fmt.Appendf(nil, "m%d %0100d", i, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer streams.SetReadMaxBytes(1000)() // about 8 messages an answer
+	var got []uint64
+	parts := 0
+	err := streams.ReadRange(ctx, nc, st.CachedInfo().Config.Name, 1, n, n, func(msgs []streams.Stored, through uint64) error {
+		parts++
+		for _, m := range msgs {
+			if !bytes.HasPrefix(m.Data, fmt.Appendf(nil, "m%d ", m.Seq)) || m.Subject != "" {
+				t.Errorf("message %d: %.10q on %q, want its own, without subject (not from the leader)", m.Seq, m.Data, m.Subject)
+			}
+			got = append(got, m.Seq)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n || !slices.IsSorted(got) || got[0] != 1 || parts < 5 {
+		t.Fatalf("read %d messages in %d parts: %v", len(got), parts, got)
 	}
 }

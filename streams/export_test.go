@@ -1,0 +1,8 @@
+package streams
+
+// SetReadMaxBytes caps the size of ReadRange's answers until the returned function runs.
+func SetReadMaxBytes(n int) (restore func()) {
+	was := readMaxBytes
+	readMaxBytes = n
+	return func() { readMaxBytes = was }
+}
