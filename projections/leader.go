@@ -113,7 +113,8 @@ var errDeposed = errors.New("another projector took the lead")
 // takeOver starts this projector's term as leader and returns the checkpoint it starts from. The
 // term is incremented in the checkpoint row, and every batch checks it under the row's lock
 // (lockCheckpoint). So a leader whose lock session died without its noticing (its pings notice
-// within seconds) commits nothing after this: it cannot interleave its pushes with ours.
+// within seconds) commits nothing after this. The pushes of its last commit may still be on
+// their way; repush sends them again, and connections pass on whichever copy comes first.
 func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
 	if _, err := p.checkpoint(ctx); err != nil { // creates the row on first use
 		return 0, err
