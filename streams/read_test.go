@@ -5,11 +5,14 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // ReadRange returns every message of a range exactly once, in order, with its sequence, at any
@@ -18,14 +21,8 @@ import (
 func TestReadRange(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc := natstest.Connect(t, natstest.RunServer(t, ""))
-	js, st := natstest.Stream(t, nc, streams.Config{})
 	const n = 60
-	for i := 1; i <= n; i++ {
-		if _, err := js.Publish(ctx, fmt.Sprintf("chat.evt.test.%d", i), fmt.Appendf(nil, "m%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nc, st := streamOf(t, ctx, n, "m%d")
 	deleted := []uint64{1, 7, 8, 20, 31, 32, 33, 34, 35, 36, 60}
 	for _, seq := range deleted {
 		if err := st.DeleteMsg(ctx, seq); err != nil {
@@ -72,14 +69,8 @@ func TestReadRange(t *testing.T) {
 func TestReadRangeTakesCutAnswers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc := natstest.Connect(t, natstest.RunServer(t, ""))
-	js, st := natstest.Stream(t, nc, streams.Config{})
 	const n = 60
-	for i := 1; i <= n; i++ {
-		if _, err := js.Publish(ctx, fmt.Sprintf("chat.evt.test.%d", i), fmt.Appendf(nil, "m%d %0100d", i, 0)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nc, st := streamOf(t, ctx, n, "m%d "+strings.Repeat("0", 100))
 	defer streams.SetReadMaxBytes(1000)() // about 8 messages an answer
 	var got []uint64
 	parts := 0
@@ -99,4 +90,18 @@ func TestReadRangeTakesCutAnswers(t *testing.T) {
 	if len(got) != n || !slices.IsSorted(got) || got[0] != 1 || parts < 5 {
 		t.Fatalf("read %d messages in %d parts: %v", len(got), parts, got)
 	}
+}
+
+// streamOf returns a connection to a fresh server and a stream holding n messages, the i-th on
+// subject chat.evt.test.<i> with data format applied to i.
+func streamOf(t *testing.T, ctx context.Context, n int, format string) (*nats.Conn, jetstream.Stream) {
+	t.Helper()
+	nc := natstest.Connect(t, natstest.RunServer(t, ""))
+	js, st := natstest.Stream(t, nc, streams.Config{})
+	for i := 1; i <= n; i++ {
+		if _, err := js.Publish(ctx, fmt.Sprintf("chat.evt.test.%d", i), fmt.Appendf(nil, format, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return nc, st
 }
