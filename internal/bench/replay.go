@@ -175,7 +175,9 @@ func generate(ctx context.Context, js jetstream.JetStream, stream jetstream.Stre
 		if m, tips[i], err = layout.Chain(&e, tips[i]); err != nil {
 			return err
 		}
-		f, err := js.PublishMsgAsync(m, jetstream.WithExpectStream(streams.StreamName))
+		// A NATS server of its own (fsync, another process) acknowledges more slowly than the
+		// embedded one: wait for room rather than give up after the default 200 ms.
+		f, err := js.PublishMsgAsync(m, jetstream.WithExpectStream(streams.StreamName), jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			return err
 		}
