@@ -320,9 +320,11 @@ class ChatApp {
       }
       views.forEach((v) => this.learnNames(v.members));
       this.list.replaceAll(views);
-      const open = this.view.id && this.list.get(this.view.id);
-      if (this.view.id && !open) this.closeConversation("This conversation is no longer available.");
-      else if (open) await this.reloadOpen(open, resynced);
+      let open = this.view.id && this.list.get(this.view.id);
+      // The list may have been read before the open conversation was there: one created and
+      // opened while it loaded. Ask for that one; refreshConversation closes it if it is gone.
+      if (this.view.id && !open) open = await this.refreshConversation(this.view.id);
+      if (open) await this.reloadOpen(open, resynced);
     } catch (err) {
       this.stale = true;
       showError(`The conversations could not be loaded: ${err.message}`);
@@ -389,7 +391,7 @@ class ChatApp {
       this.postUnread();
       return this.list.get(id);
     } catch (err) {
-      if (err.status === 404) return this.leftConversation(id);
+      if (err.status === 404) return this.leftConversation(id, "This conversation is no longer available.");
       this.stale = true; // the next ready reloads; until then try once more in a while
       setTimeout(() => this.stale && this.socket.state === "online" && this.reload(), 5_000);
     }
