@@ -116,11 +116,9 @@ var errDeposed = errors.New("another projector took the lead")
 // within seconds) commits nothing after this. The pushes of its last commit may still be on
 // their way; repush sends them again, and connections pass on whichever copy comes first.
 func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
-	if _, err := p.checkpoint(ctx); err != nil { // creates the row on first use
-		return 0, err
-	}
 	var cp uint64
-	if err := p.pool.QueryRow(ctx, `UPDATE projector_checkpoints SET term = term + 1 WHERE name = $1
+	if err := p.pool.QueryRow(ctx, `INSERT INTO projector_checkpoints AS c (name, seq, updated_at, term) VALUES ($1, 0, now(), 1)
+		ON CONFLICT (name) DO UPDATE SET term = c.term + 1
 		RETURNING seq, term, tableoid::oid`, p.name).Scan(&cp, &p.term, &p.tables); err != nil {
 		return 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
 	}
