@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -38,6 +39,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print a machine-readable summary instead of the table")
 	idle := fs.Int("idle", 0, "idle-connections mode: open this many WebSockets (over -users users) and report chatd's memory per connection")
 	replay := fs.Int("replay", 0, "replay mode: generate this many message events straight into chatd's stream, then time chatd replay (POST /api/v1/admin/projections/rebuild); for a throwaway chatd")
+	cpuProfile := fs.String("cpuprofile", "", "write chatbench's own CPU profile to this file (to see what the load tool costs)")
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "replay mode: chatd's NATS server (the embedded one by default)")
 	fs.StringVar(&cfg.URL, "url", "http://127.0.0.1:8080", "chatd base URL")
 	fs.StringVar(&cfg.ServiceKey, "service-key", os.Getenv("CHAT_SERVICE_KEY"), "the host site's service key")
@@ -61,6 +63,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New("no service key: pass -service-key, set CHAT_SERVICE_KEY, or point -service-key-file at chatd's data/service-key")
 		}
 		cfg.ServiceKey = strings.TrimSpace(string(b))
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if *replay > 0 {
 		return runReplay(ctx, bench.ReplayConfig{URL: cfg.URL, ServiceKey: cfg.ServiceKey, RunID: cfg.RunID, NATSURL: *natsURL,
