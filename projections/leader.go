@@ -124,6 +124,8 @@ func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
 	}
 	// What an earlier term pushed is not known: its last pushes may be lost or still on their way.
 	p.pushed, p.unchecked = newPushed(), map[string]struct{}{}
+	// Nor what it did to memberships.
+	p.members = newMembers()
 	return cp, nil
 }
 

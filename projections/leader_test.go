@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -246,5 +247,127 @@ func TestDeposedLeaderTakesTheLeadAgain(t *testing.T) {
 	}
 	if err := a.Healthy(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// remembered returns what p remembers of conv's members and what the members table holds; a
+// leader's memory must always equal the table.
+func (f *fixture) remembered(p *Projector, conv string) (mem, table []string, ok bool) {
+	f.t.Helper()
+	mem, ok = p.members.Get(conv)
+	f.check(f.pool.QueryRow(f.ctx, `SELECT coalesce(array_agg(user_id ORDER BY user_id), '{}') FROM members WHERE conversation_id = $1`, conv).Scan(&table))
+	mem = slices.Sorted(slices.Values(mem))
+	return mem, table, ok
+}
+
+// A leader reads each conversation's members from PostgreSQL once, and then keeps them as its own
+// commits change them: after every batch, what it remembers is what the table holds, and each
+// message goes to the members it had when it was sent.
+func TestLeaderRemembersMembersAsItsCommitsLeaveThem(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"alice", "bob", "carol", "dave"} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	g, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "club", []string{"bob", "carol"})
+	f.check(err)
+	log := pushLog{t: t}
+	p := f.projector()
+	p.Publish = log.publish
+	f.run(p)
+	sent := map[uint64]string{} // the message's seq: who should hear it
+	step := func(seq uint64, audience string) {
+		t.Helper()
+		f.waitFor(p, seq)
+		mem, table, ok := f.remembered(p, g.ID)
+		if !ok || !slices.Equal(mem, table) {
+			t.Fatalf("after seq %d the leader remembers %q (%v), the table holds %q", seq, mem, ok, table)
+		}
+		if audience != "" {
+			sent[seq] = audience
+		}
+	}
+	send := func(id, audience string) {
+		m, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, id, "hi")
+		f.check(err)
+		step(m.Seq, audience)
+	}
+	send("1", "alice bob carol")
+	_, seq, err := f.store.RemoveMember(f.ctx, "bob", g.ID, "bob")
+	f.check(err)
+	step(seq, "")
+	send("2", "alice carol")
+	_, seq, err = f.store.AddMember(f.ctx, "alice", g.ID, "dave")
+	f.check(err)
+	step(seq, "")
+	send("3", "alice carol dave")
+	pushedTo := func() map[uint64]string { // pushes go out after the position moves
+		got := map[uint64][]string{}
+		for _, push := range log.list() {
+			var subject string
+			var seq uint64
+			if _, err := fmt.Sscanf(push, "%s %d", &subject, &seq); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := sent[seq]; ok {
+				got[seq] = append(got[seq], strings.TrimPrefix(subject, streams.PushSubject("")))
+			}
+		}
+		users := map[uint64]string{}
+		for seq, us := range got {
+			users[seq] = strings.Join(slices.Sorted(slices.Values(us)), " ")
+		}
+		return users
+	}
+	for deadline := time.Now().Add(10 * time.Second); !maps.Equal(pushedTo(), sent) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := pushedTo(); !maps.Equal(got, sent) {
+		t.Errorf("messages pushed to %v, want %v", got, sent)
+	}
+}
+
+// A leader forgets the members it remembered when it takes the lead again: while another leader
+// led, memberships may have changed.
+func TestLeaderForgetsMembersBetweenTerms(t *testing.T) {
+	f := newFixture(t)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		_, _, _, err := f.store.ProvisionUser(f.ctx, u, u)
+		f.check(err)
+	}
+	g, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "club", []string{"bob", "carol"})
+	f.check(err)
+	_, _, err = f.store.SendMessage(f.ctx, "alice", g.ID, "1", "hi")
+	f.check(err)
+	log := pushLog{t: t}
+	a, b := f.projector(), f.projector()
+	a.Publish, b.Publish = log.publish, func(string, uint64, uint64, []byte) error { return nil }
+	_, err = a.takeOver(f.ctx)
+	f.check(err)
+	f.check(a.catchUp(f.ctx, f.lastSeq(), nil))
+	if mem, _, ok := f.remembered(a, g.ID); !ok || len(mem) != 3 {
+		t.Fatalf("a remembers %q (%v), want the three members", mem, ok)
+	}
+	// b leads while bob leaves, then a leads again.
+	_, err = b.takeOver(f.ctx)
+	f.check(err)
+	_, _, err = f.store.RemoveMember(f.ctx, "bob", g.ID, "bob")
+	f.check(err)
+	f.check(b.catchUp(f.ctx, f.lastSeq(), nil))
+	_, err = a.takeOver(f.ctx)
+	f.check(err)
+	log.mu.Lock()
+	log.last = nil // a new term's first pushes name none before them
+	log.mu.Unlock()
+	m, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, "2", "hi")
+	f.check(err)
+	f.check(a.catchUp(f.ctx, f.lastSeq(), nil))
+	for _, push := range log.list() {
+		if strings.HasPrefix(push, fmt.Sprint(streams.PushSubject("bob"), " ", m.Seq, " ")) {
+			t.Fatalf("bob, who left while another leader led, got the message after it: %s", push)
+		}
+	}
+	if mem, table, ok := f.remembered(a, g.ID); !ok || !slices.Equal(mem, table) {
+		t.Fatalf("a remembers %q (%v), the table holds %q", mem, ok, table)
 	}
 }

@@ -59,6 +59,9 @@ type Projector struct {
 	Publish func(subject string, seq, prev uint64, data []byte) error
 	// pushed remembers the last seq pushed to each user in this term, for prev.
 	pushed *lru.Cache[string, uint64]
+	// members remembers conversations' members as this leader's commits left them, so that a
+	// batch reads from PostgreSQL only the audiences it does not know (see audienceOf).
+	members *lru.Cache[string, []string]
 	// unchecked are the users pushed to since the last check (see check); checkEvery is how
 	// often checks go out.
 	unchecked  map[string]struct{}
@@ -103,6 +106,7 @@ func NewProjector(pool *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, lo
 		batchSize:  500,
 		checkEvery: 5 * time.Second,
 		pushed:     newPushed(),
+		members:    newMembers(),
 		unchecked:  map[string]struct{}{},
 		models:     []readModel{Users{}, Conversations{}, Messages{}},
 		moved:      make(chan struct{}),
@@ -310,9 +314,16 @@ func (p *Projector) applyBatch(ctx context.Context, d decoded) error {
 }
 
 // applyTx is applyBatch, copying the new messages if useCopy is set and the batch allows it.
-func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error {
+func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	defer func() {
+		if err != nil {
+			// The transaction may have committed without our knowing (a lost connection): what
+			// this leader remembers of memberships is no longer known to be the table's.
+			p.members.Purge()
+		}
+	}()
 	start := time.Now()
 	events, pending := d.events, d.pending
 	tx, err := p.pool.Begin(ctx)
@@ -329,7 +340,7 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 	// Who hears each event, when anyone is to be told (a rebuild pushes nothing).
 	var audience Audience
 	if p.Publish != nil {
-		if audience, err = membersOf(ctx, tx, events); err != nil {
+		if audience, err = p.audienceOf(ctx, tx, events); err != nil {
 			return err
 		}
 	}
@@ -374,9 +385,14 @@ func (p *Projector) applyTx(ctx context.Context, d decoded, useCopy bool) error 
 		p.applied.Add(uint64(len(applied)))
 		p.Metrics.Batch(len(applied), time.Since(start), last, pending, applied[len(applied)-1].Time)
 	}
+	var ps []Push
+	if p.Publish != nil {
+		ps = pushes(audience, applied) // leaves audience as this commit left the members
+		p.remember(audience)
+	}
 	p.advance(last)
 	if p.Publish != nil {
-		p.publish(pushes(audience, applied))
+		p.publish(ps)
 	}
 	return nil
 }

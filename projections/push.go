@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
 	"github.com/chatd-dev/chatd/streams"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -118,6 +120,55 @@ func leaver(before, after []string) []string {
 		}
 	}
 	return out
+}
+
+// memberConversations bounds how many conversations' members a leader remembers.
+const memberConversations = 20_000
+
+func newMembers() *lru.Cache[string, []string] {
+	c, _ := lru.New[string, []string](memberConversations) // only errs on size <= 0
+	return c
+}
+
+// audienceOf returns the members of the conversations of events before them, inside the
+// projector's transaction: from what this leader's own commits left (remember), and from
+// PostgreSQL for the rest. Only the leader writes memberships, and only through events whose
+// audience it walks, so what it remembers is what the members table holds at its checkpoint,
+// for as long as its term lasts and every transaction it began is known to have committed or
+// not (applyTx forgets everything on any error; takeOver starts afresh).
+func (p *Projector) audienceOf(ctx context.Context, tx querier, events []domain.Event) (Audience, error) {
+	a := Audience{}
+	var unknown []domain.Event
+	for _, e := range events {
+		if e.ConversationID == "" {
+			continue
+		}
+		if _, ok := a[e.ConversationID]; ok {
+			continue
+		}
+		if users, ok := p.members.Get(e.ConversationID); ok {
+			a[e.ConversationID] = users
+		} else {
+			unknown = append(unknown, e)
+		}
+	}
+	if len(unknown) == 0 {
+		return a, nil
+	}
+	read, err := membersOf(ctx, tx, unknown)
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(a, read)
+	return a, nil
+}
+
+// remember keeps the audience as a committed batch left it. The slices are never changed in
+// place: Audience.Of and rewind replace them.
+func (p *Projector) remember(a Audience) {
+	for conv, users := range a {
+		p.members.Add(conv, users)
+	}
 }
 
 // querier is a transaction or a pool.
