@@ -35,7 +35,7 @@ func FuzzChainAgreesWithEventHash(f *testing.F) {
 				raw := bytes.TrimSpace(buf.Bytes())
 				e := Event{V: SchemaVersion, ID: body, Type: TypeMessageCreated, ConversationID: title, Actor: actor,
 					Time: time.Date(2026, 11, 29, 1, 2, 3, 4, time.UTC), Data: raw}
-				Chain(&e, prev)
+				chained := Chain(&e, prev)
 				stored, err := json.Marshal(e)
 				if err != nil {
 					t.Fatal(err)
@@ -46,6 +46,16 @@ func FuzzChainAgreesWithEventHash(f *testing.F) {
 				}
 				if e.Hash != want {
 					t.Fatalf("Chain gave %s, EventHash of the stored event %s:\n%s", e.Hash, want, stored)
+				}
+				// What Chain returns to store is e, with its hash, encoded with HTML escaping off.
+				var out bytes.Buffer
+				enc = json.NewEncoder(&out)
+				enc.SetEscapeHTML(false)
+				if err := enc.Encode(e); err != nil {
+					t.Fatal(err)
+				}
+				if want := bytes.TrimSuffix(out.Bytes(), []byte("\n")); !bytes.Equal(chained, want) {
+					t.Fatalf("Chain returned\n%s\nwant\n%s", chained, want)
 				}
 			}
 		}

@@ -20,8 +20,10 @@ import (
 // stays verifiable: the body's own hash, data.body_sha256, is part of the canonical form.
 
 // Chain links e to the previous event of its chain (prev is that event's hash, or "" for the
-// first event of a chain) and sets e.Hash.
-func Chain(e *Event, prev string) {
+// first event of a chain), sets e.Hash, and returns e's JSON as it is to be stored: what
+// encoding/json writes with HTML escaping off, so the encoding the hash was computed from is not
+// made again.
+func Chain(e *Event, prev string) []byte {
 	e.Prev, e.Hash = prev, ""
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -34,14 +36,16 @@ func Chain(e *Event, prev string) {
 	// (nothing chatd writes today) takes the general one.
 	canonical, err := appendCanonical(make([]byte, 0, len(raw)), raw)
 	if err != nil {
-		h, err := EventHash(raw)
-		if err != nil {
+		if e.Hash, err = EventHash(raw); err != nil {
 			panic(fmt.Sprintf("hash %s event: %v", e.Type, err))
 		}
-		e.Hash = h
-		return
+	} else {
+		e.Hash = sha256Hex(canonical)
 	}
-	e.Hash = sha256Hex(canonical)
+	// Hash is Event's last field: the encoding with it is the one without, and it at the end.
+	stored := append(raw[:len(raw)-1:len(raw)-1], `,"hash":"`...)
+	stored = append(stored, e.Hash...)
+	return append(stored, `"}`...)
 }
 
 // EventHash returns the hash that an event stored as raw must carry.

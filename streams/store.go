@@ -139,8 +139,8 @@ func (s *Store) ProvisionUser(ctx context.Context, id, displayName string) (u do
 		if e == nil {
 			return *cur, false, curSeq, nil
 		}
-		domain.Chain(e, current.Hash)
-		ack, err := s.append(ctx, *e, 0, jetstream.WithExpectLastSequencePerSubject(curSeq))
+		data := domain.Chain(e, current.Hash)
+		ack, err := s.append(ctx, *e, data, 0, jetstream.WithExpectLastSequencePerSubject(curSeq))
 		if isConflict(err) {
 			if err := backOff(ctx, attempt); err != nil {
 				return domain.User{}, false, 0, err
@@ -216,9 +216,9 @@ func (s *Store) CreateConversation(ctx context.Context, actor, kind, title strin
 	// Expecting an empty conversation makes creation atomic: of two concurrent requests for the
 	// same direct conversation exactly one appends, and the other finds its result.
 	pos, filter, expect := s.layout.next(c.ID, Tip{})
-	domain.Chain(&e, "")
+	data := domain.Chain(&e, "")
 	for attempt := range maxAttempts {
-		ack, err := s.append(ctx, e, pos, jetstream.WithExpectLastSequenceForSubject(expect, filter))
+		ack, err := s.append(ctx, e, data, pos, jetstream.WithExpectLastSequenceForSubject(expect, filter))
 		if isConflict(err) {
 			existing, seq, err := s.Conversation(ctx, c.ID)
 			if domain.ErrorCode(err) == domain.CodeNotFound {
@@ -386,8 +386,8 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh b
 			return nil, c.seq, nil
 		}
 		pos, filter, expect := s.layout.next(convID, c.tip)
-		domain.Chain(e, c.tip.Hash)
-		ack, err := s.append(ctx, *e, pos, append(opts, jetstream.WithExpectLastSequenceForSubject(expect, filter))...)
+		data := domain.Chain(e, c.tip.Hash)
+		ack, err := s.append(ctx, *e, data, pos, append(opts, jetstream.WithExpectLastSequenceForSubject(expect, filter))...)
 		if isConflict(err) {
 			s.convs.Remove(convID)
 			fresh = true
@@ -642,11 +642,12 @@ func wrapLookup(err error, what string) error {
 	return domain.Unavailable("the event stream is unavailable", fmt.Errorf("read %s: %w", what, err))
 }
 
-// append publishes e, at position pos of its conversation, to its subject and waits for the
+// append publishes e, encoded as data (see domain.Chain), at position pos of its conversation,
+// to its subject and waits for the
 // stream's acknowledgement: only then is the event durable and the API may answer 2xx
 // (guarantee 1).
-func (s *Store) append(ctx context.Context, e domain.Event, pos uint64, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	m, err := s.layout.msg(e, pos)
+func (s *Store) append(ctx context.Context, e domain.Event, data []byte, pos uint64, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	m, err := s.layout.msg(e, data, pos)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,6 @@ package streams
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -247,20 +246,17 @@ func (l Layout) next(conv string, tip Tip) (pos uint64, filter string, expect ui
 // write events straight into the stream, with the same next and msg as the Store's appends.
 func (l Layout) Chain(e *domain.Event, tip Tip) (*nats.Msg, Tip, error) {
 	pos, _, _ := l.next(e.ConversationID, tip)
-	domain.Chain(e, tip.Hash)
-	m, err := l.msg(*e, pos)
+	data := domain.Chain(e, tip.Hash)
+	m, err := l.msg(*e, data, pos)
 	return m, Tip{Position: pos, Hash: e.Hash}, err
 }
 
-// msg encodes e as the stream message at position pos.
-func (l Layout) msg(e domain.Event, pos uint64) (*nats.Msg, error) {
+// msg makes the stream message that stores e, encoded as data (as domain.Chain returned it), at
+// position pos.
+func (l Layout) msg(e domain.Event, data []byte, pos uint64) (*nats.Msg, error) {
 	subject, err := l.Subject(e, pos)
 	if err != nil {
 		return nil, err
-	}
-	data, err := json.Marshal(e)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s event: %w", e.Type, err)
 	}
 	m := nats.NewMsg(subject)
 	m.Data = data
