@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -441,8 +442,25 @@ func (s *server) ws(c echo.Context) error {
 		conn.close(websocket.CloseGoingAway, "server shutting down; reconnect")
 		return nil
 	}
+	// The connection lives on in goroutines of its own, and this handler returns: net/http then
+	// drops what it keeps per request (buffers, the request, its goroutine's stack), about half
+	// of an idle connection's memory. The request's context ends with the handler.
+	ctx, epoch := context.WithoutCancel(c.Request().Context()), c.QueryParam("epoch")
+	go s.serveConn(ctx, conn, exp, resume, since, epoch)
+	return nil
+}
+
+// serveConn runs an upgraded connection until it closes: it subscribes the user's pushes, starts
+// the stream (replay, ready, live), keeps the user's presence, and reads client frames.
+func (s *server) serveConn(ctx context.Context, conn *wsConn, exp time.Time, resume bool, since uint64, epoch string) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	defer s.Hub.remove(conn)
 	defer func() {
+		if v := recover(); v != nil { // no middleware recovers this goroutine
+			s.Log.Error("websocket connection panicked", "panic", v, "stack", string(debug.Stack()))
+			conn.close(websocket.CloseInternalServerErr, "internal error")
+		}
 		if conn.slow.Load() { // closing with 4008 in a goroutine of its own: that close, not 1000
 			conn.close(CloseTooSlow, "too far behind; reconnect with since")
 		}
@@ -454,23 +472,21 @@ func (s *server) ws(c echo.Context) error {
 
 	// Subscribe before reading the position: every event committed after the position read
 	// below is pushed after this subscription exists, so nothing falls between replay and live.
-	stop, err := s.Feed.Subscribe(user, conn.deliver, conn.tooSlow)
+	stop, err := s.Feed.Subscribe(conn.user, conn.deliver, conn.tooSlow)
 	if err != nil {
 		conn.close(websocket.CloseTryAgainLater, "push unavailable; try again")
-		return nil
+		return
 	}
 	defer stop()
-	ctx := c.Request().Context()
-	if err := s.startStream(ctx, conn, resume, since, c.QueryParam("epoch")); errors.Is(err, errPushLost) || conn.slow.Load() {
-		return nil // closing with 4008: the client resumes
+	if err := s.startStream(ctx, conn, resume, since, epoch); errors.Is(err, errPushLost) || conn.slow.Load() {
+		return // closing with 4008: the client resumes
 	} else if err != nil {
 		s.Log.Warn("websocket start failed", "err", err)
 		conn.close(websocket.CloseTryAgainLater, "try again")
-		return nil
+		return
 	}
 	defer s.trackPresence(conn)()
 	s.readClient(ctx, conn)
-	return nil
 }
 
 // startStream replays what a resuming client missed (up to the committed position), tells it

@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -160,4 +162,38 @@ func wsPair(t *testing.T) (*wsConn, *websocket.Conn) {
 	c := &wsConn{ws: <-conns, out: newFrameQueue(cfg.SendQueue), done: make(chan struct{}), cfg: cfg}
 	t.Cleanup(func() { c.close(websocket.CloseNormalClosure, "") })
 	return c, client
+}
+
+// panickyFeed fails the way a bug would: it panics when a connection subscribes.
+type panickyFeed struct{ Feed }
+
+func (panickyFeed) Subscribe(string, func(seq, prev uint64, frame []byte), func()) (func(), error) {
+	panic("a bug")
+}
+
+// A connection runs in goroutines of its own after the upgrade, out of reach of echo's Recover
+// middleware: a panic there closes that connection with 1011 and leaves the server running.
+func TestConnectionPanicClosesOnlyIt(t *testing.T) {
+	auth, err := NewAuth(strings.Repeat("k", 32), strings.Repeat("s", 32), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Deps{Auth: auth, Feed: panickyFeed{}, Hub: NewHub(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	t.Cleanup(srv.Close)
+	token, _, err := auth.Mint("alice", time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second connection finds the server still there
+		client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/api/v1/ws?token="+token, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err = client.ReadMessage()
+		if !websocket.IsCloseError(err, websocket.CloseInternalServerErr) {
+			t.Fatalf("read after the panic: %v, want close 1011", err)
+		}
+		client.Close()
+	}
 }

@@ -320,7 +320,11 @@ func TestBrowserChat(t *testing.T) {
 		alice.eval(mine + `.querySelector('.edit').click()`)
 		alice.must(chromedp.SetValue(chromedp.CSS("#message-list .edit-input"), "see you at 9"), chromedp.Click(chromedp.CSS("#message-list .edit-save")))
 		bob.until("the edit", `[...document.querySelectorAll('#message-list .message')].some(m => m.querySelector('.body').textContent === "see you at 9" && m.querySelector('.edited'))`)
-		alice.eval(`[...document.querySelectorAll('#message-list .message')].find(m => m.querySelector('.body').textContent === "see you at 9").querySelector('.delete').click()`)
+		// Alice's own list shows the edit once her client has it back (until then the message may
+		// still be in its edit form, without a body).
+		edited := `[...document.querySelectorAll('#message-list .message')].find(m => m.querySelector('.body')?.textContent === "see you at 9")`
+		alice.until("her edit", edited+` !== undefined`)
+		alice.eval(edited + `.querySelector('.delete').click()`)
 		bob.until("the tombstone", `[...document.querySelectorAll('#message-list .message.deleted')].some(m => m.querySelector('.body').textContent === "message deleted") && ![...document.querySelectorAll('#message-list .body')].some(b => b.textContent.startsWith("see you at"))`)
 
 		// Bob keeps typing (his client sends a typing frame at most every 3 s) until alice sees it.
