@@ -9,13 +9,12 @@ import (
 	"log/slog"
 	"os"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chatd-dev/chatd/domain"
+	"github.com/chatd-dev/chatd/internal/bench"
 	"github.com/chatd-dev/chatd/streams"
 )
 
@@ -112,32 +111,6 @@ func writeHeapProfile(b *testing.B, path string) {
 	}
 }
 
-// machineCPU returns the CPU time this machine has spent busy (user, system and interrupts on
-// every core, from /proc/stat): the process, its embedded NATS server and PostgreSQL together.
-// On a machine that the rebuild keeps busy, CPU per event predicts events per second, and varies
-// less from run to run than elapsed time does on a shared VM.
-func machineCPU() (time.Duration, error) {
-	stat, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, err
-	}
-	line, _, _ := strings.Cut(string(stat), "\n")
-	fields := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
-	if len(fields) < 8 || fields[0] != "cpu" {
-		return 0, fmt.Errorf("unexpected /proc/stat line %q", line)
-	}
-	var ticks int64
-	for _, i := range []int{1, 2, 3, 6, 7} {
-		n, err := strconv.ParseInt(fields[i], 10, 64)
-		if err != nil {
-			return 0, err
-		}
-		ticks += n
-	}
-	const userHZ = 100 // USER_HZ: the unit of /proc/stat on every Linux architecture Go runs on
-	return time.Duration(ticks) * time.Second / userHZ, nil
-}
-
 // BenchmarkReplay measures chatd replay (Rebuild): N message events (100-byte bodies, 1,000
 // direct conversations), published straight into the stream, rebuilt into fresh tables and
 // switched over.
@@ -214,11 +187,11 @@ func BenchmarkReplay(b *testing.B) {
 			b.Fatalf("live projection reached %d of %d: %v", p.Position(), last, err)
 		}
 		stopProfile := startReplayProfile(b)
-		cpuBefore, cpuErr := machineCPU()
+		cpuBefore, cpuErr := bench.MachineCPU()
 		b.StartTimer()
 		res, err := Rebuild(context.Background(), f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{})
 		b.StopTimer()
-		cpuAfter, cpuAfterErr := machineCPU()
+		cpuAfter, cpuAfterErr := bench.MachineCPU()
 		stopProfile()
 		if err != nil {
 			b.Fatal(err)

@@ -10,14 +10,12 @@
 package floor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +32,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/chatd-dev/chatd/internal/bench"
 	"github.com/chatd-dev/chatd/internal/pgtest"
 )
 
@@ -204,14 +203,7 @@ func serveREST(b *testing.B, js jetstream.JetStream, lookup bool) string {
 		}
 		return c.JSON(http.StatusCreated, map[string]any{"id": conv + "." + req.ClientMsgID, "seq": ack.Sequence})
 	})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &http.Server{Handler: e}
-	go srv.Serve(l) //nolint:errcheck // closed below
-	b.Cleanup(func() { srv.Close() })
-	return l.Addr().String()
+	return serve(b, e)
 }
 
 // project applies the stream to PostgreSQL in batches of what has arrived (at most 500), one
@@ -323,14 +315,19 @@ func listenWebSockets(b *testing.B, nc *nats.Conn) sockets {
 			}
 		}()
 	})
+	return sockets{addr: serve(b, mux)}
+}
+
+// serve serves h on a loopback port until the benchmark ends and returns its address.
+func serve(b *testing.B, h http.Handler) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http.Server{Handler: mux}
+	srv := &http.Server{Handler: h}
 	go srv.Serve(l) //nolint:errcheck // closed below
 	b.Cleanup(func() { srv.Close() })
-	return sockets{addr: l.Addr().String()}
+	return l.Addr().String()
 }
 
 // dialWebSockets connects every user and counts the frames they receive.
@@ -362,29 +359,18 @@ func dialWebSockets(b *testing.B, addr string) ([]*websocket.Conn, *atomic.Int64
 	return clients, &received
 }
 
+// machineCPU is bench.MachineCPU: this process and PostgreSQL together.
+func machineCPU(b *testing.B) time.Duration {
+	d, err := bench.MachineCPU()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
 // processCPU returns the CPU time this process has used: everything but PostgreSQL.
 func processCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// machineCPU returns the CPU time this machine has spent busy (user, system and interrupts on
-// every core, from /proc/stat): this process and PostgreSQL together.
-func machineCPU(b *testing.B) time.Duration {
-	stat, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		b.Fatal(err)
-	}
-	line, _, _ := bytes.Cut(stat, []byte("\n"))
-	fields := strings.Fields(string(line))
-	var ticks int64
-	for _, i := range []int{1, 2, 3, 6, 7} {
-		n, err := strconv.ParseInt(fields[i], 10, 64)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
