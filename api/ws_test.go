@@ -171,8 +171,9 @@ func (panickyFeed) Subscribe(string, func(seq, prev uint64, frame []byte), func(
 	panic("a bug")
 }
 
-// A connection runs in goroutines of its own after the upgrade, out of reach of echo's Recover
-// middleware: a panic there closes that connection with 1011 and leaves the server running.
+// A connection runs in a goroutine of its own after the upgrade (serveConn), out of reach of
+// echo's Recover middleware: a panic in it closes that connection with 1011 and leaves the
+// server running. (Its writer, the push dispatcher and timers were never under the middleware.)
 func TestConnectionPanicClosesOnlyIt(t *testing.T) {
 	auth, err := NewAuth(strings.Repeat("k", 32), strings.Repeat("s", 32), time.Hour)
 	if err != nil {

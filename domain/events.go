@@ -93,7 +93,7 @@ func eventTime(now time.Time) time.Time { return now.UTC().Truncate(time.Microse
 func newEvent(typ, conversationID, actor string, now time.Time, data any) Event {
 	now = eventTime(now)
 	// Without HTML escaping, as the canonical form has it: Chain then hashes it without
-	// decoding (see appendCanonical). The stream stores what json.Marshal makes of the event.
+	// decoding (see appendCanonical), and the stream stores the encoding Chain returns.
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)

@@ -371,3 +371,21 @@ func TestLeaderForgetsMembersBetweenTerms(t *testing.T) {
 		t.Fatalf("a remembers %q (%v), the table holds %q", mem, ok, table)
 	}
 }
+
+// A group that grows past what a leader keeps in memory is forgotten, not kept as it was.
+func TestLeaderForgetsLargeGroups(t *testing.T) {
+	p := newFixture(t).projector()
+	small := []string{"alice", "bob"}
+	p.remember(Audience{"g": small})
+	if got, ok := p.members.Get("g"); !ok || !slices.Equal(got, small) {
+		t.Fatalf("remembered %q (%v), want %q", got, ok, small)
+	}
+	large := make([]string, rememberedMembers+1)
+	for i := range large {
+		large[i] = fmt.Sprint("u", i)
+	}
+	p.remember(Audience{"g": large})
+	if got, ok := p.members.Get("g"); ok {
+		t.Fatalf("remembered %d members of a group of %d, want none", len(got), len(large))
+	}
+}

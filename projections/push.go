@@ -122,8 +122,13 @@ func leaver(before, after []string) []string {
 	return out
 }
 
-// memberConversations bounds how many conversations' members a leader remembers.
-const memberConversations = 20_000
+// memberConversations bounds how many conversations' members a leader remembers, and
+// rememberedMembers which: larger groups are read from PostgreSQL with each batch. At most
+// 2,000,000 user ids, then, whatever the groups' size limit.
+const (
+	memberConversations = 20_000
+	rememberedMembers   = 100
+)
 
 func newMembers() *lru.Cache[string, []string] {
 	c, _ := lru.New[string, []string](memberConversations) // only errs on size <= 0
@@ -167,6 +172,10 @@ func (p *Projector) audienceOf(ctx context.Context, tx querier, events []domain.
 // place: Audience.Of and rewind replace them.
 func (p *Projector) remember(a Audience) {
 	for conv, users := range a {
+		if len(users) > rememberedMembers {
+			p.members.Remove(conv) // what it held is no longer the table's
+			continue
+		}
 		p.members.Add(conv, users)
 	}
 }
