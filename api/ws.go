@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -66,6 +67,9 @@ type Hub struct {
 	mu     sync.Mutex
 	conns  map[*wsConn]struct{}
 	closed bool
+	// running counts the connections whose goroutine has not ended: CloseAll waits for them, so
+	// that each says its user went offline before the node lets go of NATS.
+	running sync.WaitGroup
 }
 
 // NewHub returns an empty hub.
@@ -78,6 +82,7 @@ func (h *Hub) add(c *wsConn) bool {
 		return false
 	}
 	h.conns[c] = struct{}{}
+	h.running.Add(1)
 	c.metrics.Connections(1)
 	return true
 }
@@ -87,13 +92,15 @@ func (h *Hub) remove(c *wsConn) {
 	defer h.mu.Unlock()
 	if _, ok := h.conns[c]; ok {
 		delete(h.conns, c)
+		h.running.Done()
 		c.metrics.Connections(-1)
 	}
 }
 
 // CloseAll closes every connection with 1001 "going away" and refuses new ones, so clients
-// reconnect to another node.
-func (h *Hub) CloseAll() {
+// reconnect to another node. It waits until every connection has ended (its user's presence
+// taken back, its push subscription stopped), or ctx ends.
+func (h *Hub) CloseAll(ctx context.Context) error {
 	h.mu.Lock()
 	h.closed = true
 	conns := make([]*wsConn, 0, len(h.conns))
@@ -103,6 +110,14 @@ func (h *Hub) CloseAll() {
 	h.mu.Unlock()
 	for _, c := range conns {
 		c.close(websocket.CloseGoingAway, "server shutting down; reconnect")
+	}
+	ended := make(chan struct{})
+	go func() { h.running.Wait(); close(ended) }()
+	select {
+	case <-ended:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("websocket connections still ending: %w", ctx.Err())
 	}
 }
 

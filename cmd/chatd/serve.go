@@ -194,8 +194,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("http shutdown", "err", err)
 	}
-	// Hijacked WebSocket connections are not closed by Shutdown: say "going away" to each.
-	hub.CloseAll()
+	// Hijacked WebSocket connections are not closed by Shutdown: say "going away" to each, and
+	// wait until each has taken back its user's presence (NATS closes after this).
+	if err := hub.CloseAll(shutdownCtx); err != nil {
+		log.Warn("websocket shutdown", "err", err)
+	}
 	return nil
 }
 

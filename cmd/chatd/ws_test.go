@@ -471,6 +471,27 @@ func TestPresence(t *testing.T) {
 	if r := b.must(200, "GET", presence, bob, nil); fmt.Sprint(r.body["online"]) != "[bob]" {
 		t.Fatalf("online after alice left: %s", r.raw)
 	}
+
+	// A node that shuts down takes its users' presence with it before it lets go of NATS, not
+	// when their keys expire (45 s later).
+	for range 3 {
+		aws = a.mustWS(alice, "")
+		aws.nextOf("ready")
+	}
+	if f := bws.nextOf("presence"); f.field("user_id") != "alice" || f.field("online") != true {
+		t.Fatalf("bob's presence frame after alice came back %s", f.Data)
+	}
+	a.stop()
+	f := bws.nextOf("presence") // each connection said online: the last one's close says offline
+	for f.field("online") == true {
+		f = bws.nextOf("presence")
+	}
+	if f.field("user_id") != "alice" || f.field("online") != false {
+		t.Fatalf("bob's presence frame after alice's node stopped %s", f.Data)
+	}
+	if r := b.must(200, "GET", presence, bob, nil); fmt.Sprint(r.body["online"]) != "[bob]" {
+		t.Fatalf("online after alice's node stopped: %s", r.raw)
+	}
 }
 
 // A user added to a group learns of the conversation as conversation.created (live and on
