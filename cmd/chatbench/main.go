@@ -121,6 +121,10 @@ func report(w io.Writer, r bench.Result) {
 	if r.ChatdCPU > 0 {
 		fmt.Fprintf(w, "chatd CPU   %.0f µs per message (the whole process but PostgreSQL)\n", float64(r.ChatdCPU)/float64(time.Microsecond))
 	}
+	if r.MachineCPU > 0 {
+		fmt.Fprintf(w, "machine CPU %.0f µs per message (every process, every core; chatbench itself %.0f)\n",
+			float64(r.MachineCPU)/float64(time.Microsecond), float64(r.BenchCPU)/float64(time.Microsecond))
+	}
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "first error %s\n", r.FirstError)
 	}

@@ -54,8 +54,13 @@ type Result struct {
 	// process (HTTP, the embedded NATS server, the projector, WebSockets), not PostgreSQL, and is
 	// zero when /metrics cannot be read. It varies less between runs than throughput does on a
 	// machine whose speed drifts, so it is what to compare builds by.
-	ChatdCPU   time.Duration
-	FirstError string `json:",omitempty"`
+	ChatdCPU time.Duration
+	// MachineCPU is the machine's busy CPU time per acknowledged message over the same span
+	// (every core, from /proc/stat: chatd, PostgreSQL, this tool and anything else running),
+	// and BenchCPU this tool's own. On a machine that runs only these, MachineCPU is what a
+	// message costs in all, and 1 s times the cores over it bounds messages per second.
+	MachineCPU, BenchCPU time.Duration
+	FirstError           string `json:",omitempty"`
 }
 
 // Latency summarises a sample of durations.
@@ -201,6 +206,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	// so a saturated chatd would get fewer messages and report the latency of only those
 	// ("coordinated omission").
 	cpuBefore, cpuErr := c.cpuSeconds(ctx)
+	machineBefore, machineErr := MachineCPU()
+	selfBefore := ProcessCPU()
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
 	var workers sync.WaitGroup
@@ -273,8 +280,14 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	for int(delivered.Load()) < expected && time.Now().Before(waitUntil) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if cpuAfter, err := c.cpuSeconds(ctx); err == nil && cpuErr == nil && acked.Load() > 0 {
-		res.ChatdCPU = time.Duration((cpuAfter - cpuBefore) / float64(acked.Load()) * float64(time.Second))
+	if n := acked.Load(); n > 0 {
+		if cpuAfter, err := c.cpuSeconds(ctx); err == nil && cpuErr == nil {
+			res.ChatdCPU = time.Duration((cpuAfter - cpuBefore) / float64(n) * float64(time.Second))
+		}
+		if machineAfter, err := MachineCPU(); err == nil && machineErr == nil {
+			res.MachineCPU = (machineAfter - machineBefore) / time.Duration(n)
+		}
+		res.BenchCPU = (ProcessCPU() - selfBefore) / time.Duration(n)
 	}
 	closeAll()
 	conns = nil

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -32,4 +33,11 @@ func MachineCPU() (time.Duration, error) {
 	}
 	const userHZ = 100 // USER_HZ: the unit of /proc/stat on every Linux architecture Go runs on
 	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// ProcessCPU returns the CPU time this process has used.
+func ProcessCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -20,7 +20,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -85,7 +84,7 @@ func benchmarkFloor(b *testing.B, lookup bool) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: senders}}
 
 	b.ResetTimer()
-	cpu0, self0, start := machineCPU(b), processCPU(), time.Now()
+	cpu0, self0, start := machineCPU(b), bench.ProcessCPU(), time.Now()
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for s := range senders {
@@ -117,7 +116,7 @@ func benchmarkFloor(b *testing.B, lookup bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	elapsed, cpu, self := time.Since(start), machineCPU(b)-cpu0, processCPU()-self0
+	elapsed, cpu, self := time.Since(start), machineCPU(b)-cpu0, bench.ProcessCPU()-self0
 	b.StopTimer()
 	if got := received.Load(); got != int64(2*b.N) {
 		b.Fatalf("%d pushes for %d messages", got, b.N)
@@ -366,11 +365,4 @@ func machineCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return d
-}
-
-// processCPU returns the CPU time this process has used: everything but PostgreSQL.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
