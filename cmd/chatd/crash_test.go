@@ -17,6 +17,22 @@ type process struct {
 	cmd *exec.Cmd
 }
 
+// killWhenAcked kills the process (SIGKILL: no shutdown of any kind) once acked has reached n,
+// in the middle of the senders' burst, and waits for it to be gone.
+func (p *process) killWhenAcked(t *testing.T, acked *atomic.Int64, n int64) {
+	t.Helper()
+	eventually(t, 60*time.Second, func() error {
+		if got := acked.Load(); got < n {
+			return fmt.Errorf("%d sends acknowledged so far", got)
+		}
+		return nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait()
+}
+
 func startProcess(t *testing.T, env map[string]string) *process {
 	t.Helper()
 	cmd := exec.Command(os.Args[0])
@@ -83,16 +99,7 @@ func TestKillDuringSendBurst(t *testing.T) {
 			}
 		})
 	}
-	eventually(t, 60*time.Second, func() error {
-		if n := okSend.Load(); n < 300 {
-			return fmt.Errorf("%d sends acknowledged so far", n)
-		}
-		return nil
-	})
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = p.cmd.Wait()
+	p.killWhenAcked(t, &okSend, 300)
 	wg.Wait()
 	if len(acked) >= senders*perSender {
 		t.Fatalf("the kill came after the burst (%d acknowledged): nothing was tested", len(acked))
@@ -179,16 +186,7 @@ func TestKillTheProjectorLeader(t *testing.T) {
 			}
 		})
 	}
-	eventually(t, 60*time.Second, func() error {
-		if n := okSend.Load(); n < senders*perSender/4 {
-			return fmt.Errorf("%d sends acknowledged so far", n)
-		}
-		return nil
-	})
-	if err := leader.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = leader.cmd.Wait()
+	leader.killWhenAcked(t, &okSend, senders*perSender/4)
 	wg.Wait()
 	if len(acked) != senders*perSender {
 		t.Fatalf("%d sends acknowledged, want %d", len(acked), senders*perSender)
