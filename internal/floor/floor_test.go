@@ -64,8 +64,7 @@ func benchmarkFloor(b *testing.B, lookup bool) {
 	pool := startPostgres(b, ctx)
 
 	// Push: one subscription per user feeding that user's WebSocket writer.
-	conns := listenWebSockets(b, nc)
-	clients, received := dialWebSockets(b, conns.addr)
+	clients, received := dialWebSockets(b, listenWebSockets(b, nc))
 	defer func() {
 		for _, c := range clients {
 			c.Close()
@@ -284,13 +283,9 @@ func project(ctx context.Context, b *testing.B, cons jetstream.Consumer, pool *p
 	}
 }
 
-type sockets struct {
-	addr string
-}
-
 // listenWebSockets accepts /ws?user=N: a writer per connection, fed by that user's push
-// subscription.
-func listenWebSockets(b *testing.B, nc *nats.Conn) sockets {
+// subscription. It returns the address.
+func listenWebSockets(b *testing.B, nc *nats.Conn) string {
 	up := websocket.Upgrader{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
@@ -314,7 +309,7 @@ func listenWebSockets(b *testing.B, nc *nats.Conn) sockets {
 			}
 		}()
 	})
-	return sockets{addr: serve(b, mux)}
+	return serve(b, mux)
 }
 
 // serve serves h on a loopback port until the benchmark ends and returns its address.
