@@ -183,8 +183,8 @@ func MarkRead(c Conversation, actor string, seq uint64, now time.Time) (Event, e
 	if !c.IsMember(actor) {
 		return Event{}, errNoConversation()
 	}
-	if seq == 0 {
-		return Event{}, Errorf(CodeInvalid, "seq must be a positive stream sequence")
+	if seq == 0 || seq > MaxSeq {
+		return Event{}, Errorf(CodeInvalid, "seq must be a positive stream sequence (at most %d)", uint64(MaxSeq))
 	}
 	return newEvent(TypeReadUpdated, c.ID, actor, now, ReadData{UserID: actor, Seq: seq}), nil
 }

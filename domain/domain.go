@@ -29,6 +29,10 @@ var DefaultLimits = Limits{
 	MaxGroupMembers:     256,
 }
 
+// MaxSeq is the largest stream sequence chatd accepts from a client: the read models store
+// sequences as PostgreSQL bigint (int8), and JetStream never gets near it.
+const MaxSeq = 1<<63 - 1
+
 // Kind of conversation.
 const (
 	KindDirect = "direct"

@@ -55,7 +55,7 @@ func (Conversations) apply(b *pgx.Batch, e domain.Event) error {
 		b.Queue(`UPDATE members m SET last_read_seq = LEAST($3, c.last_activity_seq)
 			FROM conversations c
 			WHERE c.id = $1 AND m.conversation_id = $1 AND m.user_id = $2 AND m.last_read_seq < LEAST($3, c.last_activity_seq)`,
-			e.ConversationID, d.UserID, d.Seq)
+			e.ConversationID, d.UserID, min(d.Seq, domain.MaxSeq)) // a marker past int8 (refused since) must not stop the projector
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -384,5 +385,44 @@ func TestProjectorSkipsUndecodableAndStopsAtNewerSchema(t *testing.T) {
 	}
 	if n := count(); n != 2 {
 		t.Fatalf("%d messages projected, want 2: nothing after the newer event", n)
+	}
+}
+
+// A read marker past PostgreSQL's bigint was accepted until the command side refused it
+// (domain.MaxSeq). Such an event in the stream must not stop the projector: the marker is
+// clamped like any marker from the future, to the conversation's last activity.
+func TestReadMarkerPastBigintIsClamped(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	first, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "one", "one")
+	f.check(err)
+	marker := fmt.Sprintf(`{"v":1,"id":"e-marker","type":"read.updated","conversation_id":%q,"actor":"bob",`+
+		`"time":"2026-11-23T10:00:00Z","data":{"user_id":"bob","seq":%d}}`, d.ID, uint64(math.MaxUint64))
+	_, err = f.js.Publish(f.ctx, "chat.evt.conv."+d.ID+".read.bob", []byte(marker))
+	f.check(err)
+	after, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "two", "two")
+	f.check(err)
+
+	p := f.projector()
+	f.run(p)
+	f.waitFor(p, f.lastSeq())
+	if err := p.Healthy(); err != nil {
+		t.Fatalf("projector stopped: %v", err)
+	}
+	if _, err := NewMessages(f.pool).Get(f.ctx, after.ID); err != nil {
+		t.Fatalf("the message after the marker: %v", err)
+	}
+	var read uint64
+	f.check(f.pool.QueryRow(f.ctx, `SELECT last_read_seq FROM members WHERE conversation_id = $1 AND user_id = 'bob'`, d.ID).Scan(&read))
+	if read != first.Seq {
+		t.Fatalf("bob's marker at %d, want %d (the conversation's last activity when it was set)", read, first.Seq)
+	}
+	// A rebuild (a bulk load) gets past it too.
+	if _, err := Rebuild(f.ctx, f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), RebuildOptions{}); err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	f.check(f.pool.QueryRow(f.ctx, `SELECT last_read_seq FROM members WHERE conversation_id = $1 AND user_id = 'bob'`, d.ID).Scan(&read))
+	if read != first.Seq {
+		t.Fatalf("bob's marker at %d after a rebuild, want %d", read, first.Seq)
 	}
 }
