@@ -30,7 +30,8 @@ type memberEntry struct {
 }
 
 func written(c domain.Conversation, seq uint64) conversationWritten {
-	w := conversationWritten{ID: c.ID, Kind: c.Kind, Title: c.Title, CreatorID: c.CreatorID, CreatedAt: c.CreatedAt, Seq: seq}
+	w := conversationWritten{ID: c.ID, Kind: c.Kind, Title: c.Title, CreatorID: c.CreatorID, CreatedAt: c.CreatedAt, Seq: seq,
+		Members: make([]memberEntry, 0, len(c.Members))} // [] once the last member left, never null
 	for _, m := range c.Members {
 		w.Members = append(w.Members, memberEntry{UserID: m})
 	}

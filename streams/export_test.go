@@ -6,3 +6,6 @@ func SetReadMaxBytes(n int) (restore func()) {
 	readMaxBytes = n
 	return func() { readMaxBytes = was }
 }
+
+// BackOff is backOff, the wait between attempts of an append that lost a race.
+var BackOff = backOff

@@ -87,7 +87,8 @@ func backOff(ctx context.Context, attempt int) error {
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		// As any other read or append that the request's end cut short: 503, not a 500.
+		return domain.Unavailable("the request ended while retrying its append", ctx.Err())
 	case <-t.C:
 		return nil
 	}
@@ -422,6 +423,9 @@ func (s *Store) decideOnConversation(ctx context.Context, convID string, fresh b
 // not know of.
 var errNoConversation = domain.Errorf(domain.CodeNotFound, "conversation not found")
 
+// errNoMessage answers for a message that does not exist, or that the caller may not know of.
+var errNoMessage = domain.Errorf(domain.CodeNotFound, "message not found")
+
 // errDuplicate reports that JetStream recognised an append as a retry (Nats-Msg-Id).
 var errDuplicate = errors.New("duplicate append")
 
@@ -522,7 +526,7 @@ func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, bod
 func (s *Store) Message(ctx context.Context, msgID string) (domain.Message, uint64, error) {
 	first, err := s.firstMessageEvent(ctx, msgID)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return first, 0, domain.Errorf(domain.CodeNotFound, "message not found")
+		return first, 0, errNoMessage
 	}
 	if err != nil {
 		return first, 0, err
@@ -571,6 +575,11 @@ func (s *Store) changeMessage(ctx context.Context, actor, msgID string, decide f
 		e, err := decide(c, m)
 		return &e, err
 	})
+	if domain.ErrorCode(err) == domain.CodeNotFound {
+		// The same answer whether the conversation exists or not: direct conversation ids are
+		// derived from user ids, and which pairs of users talk is not the caller's to probe.
+		return domain.Message{}, 0, errNoMessage
+	}
 	if err != nil {
 		return domain.Message{}, 0, err
 	}

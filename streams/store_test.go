@@ -394,6 +394,19 @@ func TestEditAndDeleteRules(t *testing.T) {
 	if _, _, err := n.store.Message(ctx, m.ConversationID+"-aaaaaaaaaaaaaaaaaaaa"); domain.ErrorCode(err) != domain.CodeNotFound {
 		t.Fatalf("unknown message: %v", err)
 	}
+	// An outsider learns nothing from an edit or delete: not even whether the conversation
+	// exists (direct conversation ids are derived from user ids).
+	existing := m.ConversationID + "-aaaaaaaaaaaaaaaaaaaa"
+	never := domain.DirectID("bob", "carol") + "-aaaaaaaaaaaaaaaaaaaa"
+	for _, id := range []string{m.ID, existing, never} {
+		_, _, editErr := n.store.EditMessage(ctx, "carol", id, "probe")
+		_, _, deleteErr := n.store.DeleteMessage(ctx, "carol", id)
+		for _, err := range []error{editErr, deleteErr} {
+			if domain.ErrorCode(err) != domain.CodeNotFound || domain.ErrorMessage(err) != "message not found" {
+				t.Fatalf("carol changing %s: %v, want not_found \"message not found\"", id, err)
+			}
+		}
+	}
 }
 
 // While NATS is down, writes fail fast as unavailable instead of hanging.
@@ -460,5 +473,16 @@ func TestReAddAfterRemovalOnAnotherNode(t *testing.T) {
 	}
 	if c, _, err := a.store.Conversation(ctx, g.ID); err != nil || c.IsMember("carol") {
 		t.Fatalf("Conversation on the stale node lists %v (err %v)", c.Members, err)
+	}
+}
+
+// A request that ends while its append waits to try again is answered as unavailable (503),
+// like every other read or append its end cuts short, not as an internal error.
+func TestBackOffEndsUnavailable(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := streams.BackOff(ctx, 5)
+	if domain.ErrorCode(err) != domain.CodeUnavailable || !errors.Is(err, context.Canceled) {
+		t.Fatalf("backOff after the request ended: %v, want unavailable wrapping context.Canceled", err)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 	"strings"
@@ -321,6 +322,11 @@ func TestConversationsAndMessages(t *testing.T) {
 	left := c.must(200, "DELETE", "/api/v1/conversations/"+gID+"/members/bob", bob, nil)
 	if len(left.list("members")) != 1 {
 		t.Fatalf("after bob left: %s", left.raw)
+	}
+	// The last member leaving a group gets its members as an empty list, not null.
+	solo := c.must(201, "POST", "/api/v1/conversations", alice, map[string]any{"kind": "group", "title": "Notes", "members": []string{}})
+	if gone := c.must(200, "DELETE", "/api/v1/conversations/"+solo.str("id")+"/members/alice", alice, nil); !bytes.Contains(gone.raw, []byte(`"members":[]`)) {
+		t.Fatalf("after the last member left: %s", gone.raw)
 	}
 
 	// Alice's list: most recent activity first, with members.
