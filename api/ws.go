@@ -109,7 +109,9 @@ func (h *Hub) CloseAll(ctx context.Context) error {
 	}
 	h.mu.Unlock()
 	for _, c := range conns {
-		c.close(websocket.CloseGoingAway, "server shutting down; reconnect")
+		// In parallel: a close waits up to a second for a write in progress to a client that
+		// stopped reading, and one such client must not hold up the others' 1001.
+		go c.close(websocket.CloseGoingAway, "server shutting down; reconnect")
 	}
 	ended := make(chan struct{})
 	go func() { h.running.Wait(); close(ended) }()
@@ -133,10 +135,12 @@ type wsConn struct {
 	user    string
 	cfg     *WSConfig
 	metrics *metrics.Metrics
+	// cancel ends the context of what the connection does for its client (the replay, its
+	// look-ups), when the connection closes for any reason.
+	cancel context.CancelFunc
 	// onPing, when set, runs (in its own goroutine) at every heartbeat: presence renews its key
 	// there rather than in a goroutine of its own per connection.
 	onPing atomic.Pointer[func()]
-	wmu    sync.Mutex  // serialises control frames with the writer
 	slow   atomic.Bool // closing with 4008 (too slow, or missed a push)
 	state  sync.Mutex  // guards live, floor and pending
 	live   bool
@@ -335,17 +339,27 @@ func (c *wsConn) enqueueWait(ctx context.Context, frame []byte) error {
 }
 
 // close ends the connection, with a close frame unless the connection already failed (1006
-// may not be sent on the wire).
+// may not be sent on the wire). The close frame waits at most a second for a frame being
+// written (gorilla's WriteControl may run beside the writer); then the socket closes under it.
 func (c *wsConn) close(code int, reason string) {
 	c.once.Do(func() {
+		c.cancel()
 		if code != websocket.CloseAbnormalClosure {
-			c.wmu.Lock()
 			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
-			c.wmu.Unlock()
 		}
 		close(c.done)
 		_ = c.ws.Close()
 	})
+}
+
+// closed reports whether close has run.
+func (c *wsConn) closed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // writer sends queued frames and heartbeats until the connection closes.
@@ -358,11 +372,8 @@ func (c *wsConn) writer() {
 			return
 		case <-c.out.ready:
 			for _, frame := range c.out.take() {
-				c.wmu.Lock()
 				_ = c.ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-				err := c.ws.WriteMessage(websocket.TextMessage, frame)
-				c.wmu.Unlock()
-				if err != nil {
+				if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 					c.close(websocket.CloseAbnormalClosure, "write failed")
 					return
 				}
@@ -372,10 +383,7 @@ func (c *wsConn) writer() {
 			if f := c.onPing.Load(); f != nil {
 				go (*f)()
 			}
-			c.wmu.Lock()
-			err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.cfg.WriteTimeout))
-			c.wmu.Unlock()
-			if err != nil {
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.cfg.WriteTimeout)); err != nil {
 				c.close(websocket.CloseAbnormalClosure, "ping failed")
 				return
 			}
@@ -452,24 +460,23 @@ func (s *server) ws(c echo.Context) error {
 	if err != nil {
 		return nil // the upgrader has answered the client
 	}
-	conn := &wsConn{ws: ws, out: newFrameQueue(s.WS.SendQueue), done: make(chan struct{}), user: user, cfg: &s.WS, metrics: s.Metrics}
+	// The connection lives on in goroutines of its own, and this handler returns: net/http then
+	// drops what it keeps per request (buffers, the request, its goroutine's stack), about half
+	// of an idle connection's memory. The request's context ends with the handler; the
+	// connection's ends when it closes.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(c.Request().Context()))
+	conn := &wsConn{ws: ws, out: newFrameQueue(s.WS.SendQueue), done: make(chan struct{}), user: user, cfg: &s.WS, metrics: s.Metrics, cancel: cancel}
 	if !s.Hub.add(conn) {
 		conn.close(websocket.CloseGoingAway, "server shutting down; reconnect")
 		return nil
 	}
-	// The connection lives on in goroutines of its own, and this handler returns: net/http then
-	// drops what it keeps per request (buffers, the request, its goroutine's stack), about half
-	// of an idle connection's memory. The request's context ends with the handler.
-	ctx, epoch := context.WithoutCancel(c.Request().Context()), c.QueryParam("epoch")
-	go s.serveConn(ctx, conn, exp, resume, since, epoch)
+	go s.serveConn(ctx, conn, exp, resume, since, c.QueryParam("epoch"))
 	return nil
 }
 
 // serveConn runs an upgraded connection until it closes: it subscribes the user's pushes, starts
 // the stream (replay, ready, live), keeps the user's presence, and reads client frames.
 func (s *server) serveConn(ctx context.Context, conn *wsConn, exp time.Time, resume bool, since uint64, epoch string) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	defer s.Hub.remove(conn)
 	defer func() {
 		if v := recover(); v != nil { // no middleware recovers this goroutine
@@ -495,7 +502,7 @@ func (s *server) serveConn(ctx context.Context, conn *wsConn, exp time.Time, res
 	defer stop()
 	if err := s.startStream(ctx, conn, resume, since, epoch); errors.Is(err, errPushLost) || conn.slow.Load() {
 		return // closing with 4008: the client resumes
-	} else if err != nil {
+	} else if err != nil && !conn.closed() { // a closed connection's start ends as it should
 		s.Log.Warn("websocket start failed", "err", err)
 		conn.close(websocket.CloseTryAgainLater, "try again")
 		return

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatd-dev/chatd/projections"
 	"github.com/gorilla/websocket"
 )
 
@@ -19,7 +20,7 @@ import (
 // has: a new projector leader pushes its predecessor's last events again. The connection drops
 // those, before and after it goes live; frames without a seq (typing) always pass.
 func TestConnectionDropsFramesItHasPassed(t *testing.T) {
-	c := &wsConn{out: newFrameQueue(100), done: make(chan struct{}), cfg: &WSConfig{SendQueue: 100}}
+	c := &wsConn{out: newFrameQueue(100), done: make(chan struct{}), cfg: &WSConfig{SendQueue: 100}, cancel: func() {}}
 	for _, seq := range []uint64{3, 5, 0, 5, 6} { // while the replay runs: pending
 		c.deliver(seq, 0, frameOf(seq))
 	}
@@ -159,7 +160,7 @@ func wsPair(t *testing.T) (*wsConn, *websocket.Conn) {
 	}
 	t.Cleanup(func() { client.Close() })
 	cfg := &WSConfig{SendQueue: 100, PingInterval: time.Minute, WriteTimeout: 5 * time.Second}
-	c := &wsConn{ws: <-conns, out: newFrameQueue(cfg.SendQueue), done: make(chan struct{}), cfg: cfg}
+	c := &wsConn{ws: <-conns, out: newFrameQueue(cfg.SendQueue), done: make(chan struct{}), cfg: cfg, cancel: func() {}}
 	t.Cleanup(func() { c.close(websocket.CloseNormalClosure, "") })
 	return c, client
 }
@@ -196,5 +197,125 @@ func TestConnectionPanicClosesOnlyIt(t *testing.T) {
 			t.Fatalf("read after the panic: %v, want close 1011", err)
 		}
 		client.Close()
+	}
+}
+
+// testServer serves the WebSocket endpoint over feed, with a hub the test can close; it returns
+// the hub and a dial function for alice.
+func testServer(t *testing.T, feed Feed, cfg WSConfig) (*Hub, func() *websocket.Conn) {
+	t.Helper()
+	auth, err := NewAuth(strings.Repeat("k", 32), strings.Repeat("s", 32), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := NewHub()
+	srv := httptest.NewServer(New(Deps{Auth: auth, Feed: feed, Hub: hub, WS: cfg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	t.Cleanup(srv.Close)
+	token, _, err := auth.Mint("alice", time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hub, func() *websocket.Conn {
+		client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/api/v1/ws?token="+token, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close() })
+		return client
+	}
+}
+
+// stuckFeed answers no position until the connection's context ends, as a PostgreSQL that hangs
+// would (the position is read from the read models' checkpoint).
+type stuckFeed struct {
+	Feed
+	asked chan struct{}
+}
+
+func (stuckFeed) Subscribe(string, func(seq, prev uint64, frame []byte), func()) (func(), error) {
+	return func() {}, nil
+}
+
+func (f stuckFeed) Position(ctx context.Context) (projections.Position, error) {
+	f.asked <- struct{}{}
+	<-ctx.Done()
+	return projections.Position{}, ctx.Err()
+}
+
+// Closing a connection ends what it was doing for its client: a shutdown does not wait for
+// look-ups that would never end on their own.
+func TestClosingEndsTheConnectionsWork(t *testing.T) {
+	feed := stuckFeed{asked: make(chan struct{}, 1)}
+	hub, dial := testServer(t, feed, WSConfig{})
+	client := dial()
+	select {
+	case <-feed.asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection never asked for the position")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hub.CloseAll(ctx); err != nil {
+		t.Fatalf("close all: %v", err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := client.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		t.Fatalf("read after close all: %v, want 1001", err)
+	}
+}
+
+// liveFeed is live at once, and lets the test push frames to alice's connection.
+type liveFeed struct {
+	Feed
+	deliver chan func(seq, prev uint64, frame []byte)
+}
+
+func (f liveFeed) Subscribe(_ string, deliver func(seq, prev uint64, frame []byte), _ func()) (func(), error) {
+	f.deliver <- deliver
+	return func() {}, nil
+}
+
+func (liveFeed) Position(context.Context) (projections.Position, error) {
+	return projections.Position{Epoch: "e", First: 1, Last: 1, Committed: 1}, nil
+}
+
+// A client that stopped reading holds its connection's writer in a write for up to the write
+// timeout. Shutdown must still close every connection promptly: a close waits at most a second
+// for the write in progress, and connections close in parallel.
+func TestShutdownIsNotHeldUpByAStalledClient(t *testing.T) {
+	feed := liveFeed{deliver: make(chan func(seq, prev uint64, frame []byte), 3)}
+	hub, dial := testServer(t, feed, WSConfig{WriteTimeout: time.Minute, SendQueue: 1024})
+	var clients []*websocket.Conn
+	for range 3 {
+		clients = append(clients, dial())
+	}
+	var delivers []func(seq, prev uint64, frame []byte)
+	for range 3 {
+		select {
+		case d := <-feed.deliver:
+			delivers = append(delivers, d)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a connection never subscribed")
+		}
+	}
+	for _, c := range clients { // ready: every connection is live
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, _, err := c.ReadMessage(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The clients read nothing more: the frames fill the socket buffers on both sides, and
+	// every writer ends up blocked in a write.
+	big := []byte(`"` + strings.Repeat("x", 1<<20) + `"`)
+	for seq := uint64(2); seq < 66; seq++ {
+		for _, d := range delivers {
+			d(seq, 0, big)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hub.CloseAll(ctx); err != nil {
+		t.Fatalf("close all with stalled clients: %v", err)
 	}
 }
