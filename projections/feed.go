@@ -55,8 +55,9 @@ type subscriber struct {
 // can resume from its last sequence and miss nothing.
 const pushBuffer = 64 << 10
 
-// dropCheck is how often the dispatcher looks for dropped pushes.
-const dropCheck = 250 * time.Millisecond
+// dropCheck is how often the dispatcher looks for dropped pushes of users who get no further
+// push (a push checks its own user's first). A variable for tests.
+var dropCheck = 250 * time.Millisecond
 
 // NewFeed returns a Feed; Close stops its dispatcher.
 func NewFeed(nc *nats.Conn, stream jetstream.Stream, pool *pgxpool.Pool) *Feed {
@@ -73,7 +74,10 @@ func (f *Feed) Close() { close(f.done) }
 func (f *Feed) dispatch() {
 	tick := time.NewTicker(dropCheck)
 	defer tick.Stop()
-	var delivers []func(seq, prev uint64, frame []byte)
+	var (
+		delivers []func(seq, prev uint64, frame []byte)
+		lost     []func()
+	)
 	for {
 		var m *nats.Msg
 		select {
@@ -90,18 +94,40 @@ func (f *Feed) dispatch() {
 		}
 		seq, _ := strconv.ParseUint(m.Header.Get(SeqHeader), 10, 64)
 		prev, _ := strconv.ParseUint(m.Header.Get(PrevHeader), 10, 64)
-		delivers = delivers[:0]
+		delivers, lost = delivers[:0], lost[:0]
 		f.mu.Lock()
 		if u := f.users[subject]; u != nil {
-			for _, c := range u.conns {
-				delivers = append(delivers, c.deliver)
+			if u.droppedMore() {
+				// A push after one that NATS dropped must not reach the connection first: it
+				// would move the client's since past the dropped one.
+				for _, c := range u.conns {
+					lost = append(lost, c.lost)
+				}
+			} else {
+				for _, c := range u.conns {
+					delivers = append(delivers, c.deliver)
+				}
 			}
 		}
 		f.mu.Unlock()
+		for _, l := range lost {
+			l() // never blocks
+		}
 		for _, d := range delivers {
 			d(seq, prev, m.Data) // enqueues: never blocks
 		}
 	}
+}
+
+// droppedMore reports whether NATS dropped pushes for u since the last look, and remembers
+// how many it has dropped. f.mu must be held.
+func (u *userPushes) droppedMore() bool {
+	n, err := u.sub.Dropped()
+	if err != nil || n <= u.dropped {
+		return false
+	}
+	u.dropped = n
+	return true
 }
 
 // checkDropped tells the connections of every user whose subscription dropped pushes since the
@@ -110,11 +136,9 @@ func (f *Feed) checkDropped() {
 	var lost []func()
 	f.mu.Lock()
 	for _, u := range f.users {
-		n, err := u.sub.Dropped()
-		if err != nil || n <= u.dropped {
+		if !u.droppedMore() {
 			continue
 		}
-		u.dropped = n
 		for _, c := range u.conns {
 			lost = append(lost, c.lost)
 		}

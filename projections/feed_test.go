@@ -116,3 +116,58 @@ func TestPushCarriesItsPredecessor(t *testing.T) {
 		}
 	}
 }
+
+// Once NATS dropped pushes for a user, the dispatcher tells the user's connections before it
+// delivers them anything more: it cannot tell which waiting push came after the drop, and such a
+// push would move the client's since past the dropped ones, which its resume would then skip.
+// (The periodic look is off here, so only that order can pass.)
+func TestNoPushOvertakesADrop(t *testing.T) {
+	defer func(was time.Duration) { dropCheck = was }(dropCheck)
+	dropCheck = time.Hour
+	s := natstest.RunServer(t, "")
+	f := NewFeed(natstest.Connect(t, s), nil, nil)
+	defer f.Close()
+
+	release := make(chan struct{})
+	var delivered atomic.Int64
+	var told, overtaken atomic.Bool
+	stop, err := f.Subscribe("alice", func(_, _ uint64, frame []byte) {
+		if delivered.Add(1) == 1 {
+			<-release // the dispatcher is stuck until the drops happened
+		}
+		if !told.Load() && delivered.Load() > 1 {
+			overtaken.Store(true)
+		}
+	}, func() { told.Store(true) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+
+	pub := natstest.Connect(t, s)
+	for range pushBuffer + 1000 {
+		if err := pub.Publish(streams.PushSubject("alice"), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for dropped(f, "alice") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("NATS never dropped a push")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	for !told.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("alice's connection was never told that pushes were lost")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if overtaken.Load() {
+		t.Fatal("a push waiting behind the drop reached the connection before it was told")
+	}
+}
