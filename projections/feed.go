@@ -293,6 +293,12 @@ func (f *Feed) Replay(ctx context.Context, user string, spans []Span, after, upT
 	if after >= upTo || len(filters) == 0 {
 		return nil
 	}
+	// Live delivery never sent a parked event (pushes follow commits), and a GET would not find
+	// what its frame describes: replay sends the same frames as live delivery, so not them.
+	parked, err := parkedBetween(ctx, f.pool, after, upTo)
+	if err != nil {
+		return domain.Unavailable("the read models are unavailable", err)
+	}
 	cons, err := f.stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		AckPolicy:         jetstream.AckNonePolicy,
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
@@ -330,8 +336,8 @@ func (f *Feed) Replay(ctx context.Context, user string, spans []Span, after, upT
 			if strings.Contains(m.Subject(), ".read.") && !strings.HasSuffix(m.Subject(), ".read."+user) {
 				continue // other members' read markers are theirs
 			}
-			if !within(byConv[conversationOf(m.Subject())], seq) {
-				continue // before they joined, or after they left
+			if !within(byConv[conversationOf(m.Subject())], seq) || parked[seq] {
+				continue // before they joined, or after they left; or never applied
 			}
 			e, err := domain.DecodeEventWith(decodeJSON, m.Data())
 			if err != nil {

@@ -171,3 +171,34 @@ func TestNoPushOvertakesADrop(t *testing.T) {
 		t.Fatal("a push waiting behind the drop reached the connection before it was told")
 	}
 }
+
+// A resume replays what live delivery sent, and live delivery never sends a parked event (its
+// frame would describe what no GET finds): so neither does the replay.
+func TestReplaySkipsParkedEvents(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	before := f.lastSeq() // bob's conversation.created
+	f.poison(d.ID, "alice")
+	_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "after", "waits with the poison")
+	f.check(err)
+	p := f.projector()
+	f.run(p)
+	f.waitFor(p, f.lastSeq())
+	if p.Parked() != 2 {
+		t.Fatalf("%d events parked, want 2", p.Parked())
+	}
+
+	feed := NewFeed(f.js.Conn(), f.stream, f.pool)
+	defer feed.Close()
+	spans, err := NewConversations(f.pool).Spans(f.ctx, "bob", 0)
+	f.check(err)
+	var got []uint64
+	err = feed.Replay(f.ctx, "bob", spans, 0, f.lastSeq(), 100, func(seq uint64, _ []byte) error {
+		got = append(got, seq)
+		return nil
+	})
+	f.check(err)
+	if len(got) == 0 || got[len(got)-1] != before {
+		t.Fatalf("replayed %v, want the events up to %d and none of the parked ones after it", got, before)
+	}
+}

@@ -169,12 +169,11 @@ func (p *Projector) repush(ctx context.Context, cp uint64) error {
 		events = append(events, f.batch.events...)
 	}
 	// The events the previous leader pushed are those it applied: not the parked ones.
-	rows, _ := p.pool.Query(ctx, `SELECT seq FROM parked_events WHERE seq > $1 AND seq <= $2`, from, cp)
-	parked, err := pgx.CollectRows(rows, pgx.RowTo[uint64])
+	parked, err := parkedBetween(ctx, p.pool, from, cp)
 	if err != nil {
-		return fmt.Errorf("read parked events to push again: %w", err)
+		return err
 	}
-	events = slices.DeleteFunc(events, func(e domain.Event) bool { return slices.Contains(parked, e.Seq) })
+	events = slices.DeleteFunc(events, func(e domain.Event) bool { return parked[e.Seq] })
 	if len(events) == 0 {
 		return nil
 	}

@@ -19,6 +19,21 @@ import (
 // never shown out of order while all others go on. Operators see parked events in the table,
 // the log, /readyz and the chatd_projector_errors_total metric.
 
+// parkedBetween returns the sequences of the parked events after `after`, up to upTo. Those
+// events were never pushed: a resume does not replay them, a new leader does not push them again.
+func parkedBetween(ctx context.Context, q querier, after, upTo uint64) (map[uint64]bool, error) {
+	rows, _ := q.Query(ctx, `SELECT seq FROM parked_events WHERE seq > $1 AND seq <= $2`, after, upTo)
+	seqs, err := pgx.CollectRows(rows, pgx.RowTo[uint64])
+	if err != nil {
+		return nil, fmt.Errorf("read parked events: %w", err)
+	}
+	parked := make(map[uint64]bool, len(seqs))
+	for _, s := range seqs {
+		parked[s] = true
+	}
+	return parked, nil
+}
+
 // rejectAttempts is how often a lone event is tried before it is parked.
 const rejectAttempts = 3
 
