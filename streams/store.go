@@ -54,6 +54,8 @@ type Store struct {
 	locks [256]chan struct{}
 	// getSubject is the JetStream API subject of leader reads (see readLeader).
 	getSubject string
+	// replicated: the stream has replicas, which may answer direct gets (see messageSeen).
+	replicated bool
 }
 
 type cachedConversation struct {
@@ -104,7 +106,7 @@ func NewStore(js jetstream.JetStream, stream jetstream.Stream, limits domain.Lim
 	epochs, _ := lru.New[string, uint64](100_000)
 	users, _ := lru.New[string, struct{}](100_000)
 	s := &Store{js: js, stream: stream, layout: layout, limits: limits, now: time.Now, convs: convs, epochs: epochs, users: users,
-		getSubject: msgGetSubject(stream.CachedInfo().Config.Name)}
+		getSubject: msgGetSubject(stream.CachedInfo().Config.Name), replicated: stream.CachedInfo().Config.Replicas > 1}
 	for i := range s.locks {
 		s.locks[i] = make(chan struct{}, 1)
 	}
@@ -494,10 +496,18 @@ func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, bod
 		return m, false, errNoConversation
 	}
 	// A retry at any later time: the message's own subject already holds it. The answer is the
-	// message as it is now (edited or deleted since), never a deleted text.
+	// message as it is now (edited or deleted since), never a deleted text, and only to a member:
+	// a sender removed since is answered as any non-member is.
 	if seen, err := s.messageSeen(ctx, msgID); err != nil {
 		return m, false, err
 	} else if seen {
+		c, _, err := s.Conversation(ctx, convID)
+		if err != nil {
+			return m, false, err
+		}
+		if !c.IsMember(actor) {
+			return m, false, errNoConversation
+		}
 		m, _, err := s.Message(ctx, msgID)
 		return m, false, err
 	}
@@ -602,22 +612,31 @@ func (s *Store) MarkRead(ctx context.Context, actor, convID string, seq uint64) 
 }
 
 // messageSeen reports whether the message's subject holds an event. It is the one read on the
-// send path, so it is a direct get that any replica may answer (see readLeader): a replica that
-// lags by a few appends can only miss a message sent moments ago, and JetStream's duplicate
-// window (Nats-Msg-Id) catches a retry of that one.
+// send path, so it is a direct get that any replica may answer (see readLeader). A replica in
+// step with its leader lags by a few appends at most, and JetStream's duplicate window
+// (Nats-Msg-Id) catches a retry of a message sent moments ago. But a replica catching up after
+// a restart answers direct gets before it has caught up, and a retry that comes after the
+// window and reaches it would store the message a second time: so on a replicated stream, "not
+// seen" is asked again of the leader. A single server (the embedded default) is its own leader.
 func (s *Store) messageSeen(ctx context.Context, msgID string) (bool, error) {
 	subject, err := messageSubjects(msgID)
 	if err != nil {
 		return false, err
 	}
 	_, err = s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subject))
+	switch {
+	case err == nil:
+		return true, nil
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, wrapLookup(err, subject)
+	case !s.replicated:
+		return false, nil
+	}
+	_, _, err = getFromLeader(ctx, s.js.Conn(), s.getSubject, msgGetRequest{Seq: 1, NextFor: subject})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}
-	if err != nil {
-		return false, wrapLookup(err, subject)
-	}
-	return true, nil
+	return err == nil, err
 }
 
 func (s *Store) firstMessageEvent(ctx context.Context, msgID string) (domain.Message, error) {

@@ -476,6 +476,28 @@ func TestReAddAfterRemovalOnAnotherNode(t *testing.T) {
 	}
 }
 
+// A retry answers only a member: a sender removed since the first attempt gets what every
+// non-member gets, not the message.
+func TestRetryAfterRemovalIsNotFound(t *testing.T) {
+	s := natstest.RunServer(t, "")
+	n := newNode(t, s, streams.Config{})
+	provision(t, n.store, "alice", "bob")
+	ctx := ctxT(t)
+	g, _, _, err := n.store.CreateConversation(ctx, "alice", domain.KindGroup, "club", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := n.store.SendMessage(ctx, "bob", g.ID, "b1", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := n.store.RemoveMember(ctx, "alice", g.ID, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := n.store.SendMessage(ctx, "bob", g.ID, "b1", "hello"); domain.ErrorCode(err) != domain.CodeNotFound {
+		t.Fatalf("retry after removal: %v, want not_found", err)
+	}
+}
+
 // A request that ends while its append waits to try again is answered as unavailable (503),
 // like every other read or append its end cuts short, not as an internal error.
 func TestBackOffEndsUnavailable(t *testing.T) {
