@@ -115,48 +115,59 @@ var errDeposed = errors.New("another projector took the lead")
 // (lockCheckpoint). So a leader whose lock session died without its noticing (its pings notice
 // within seconds) commits nothing after this. The pushes of its last commit may still be on
 // their way; repush sends them again, and connections pass on whichever copy comes first.
-func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
-	var cp uint64
+func (p *Projector) takeOver(ctx context.Context) (cp, checked uint64, err error) {
 	if err := p.pool.QueryRow(ctx, `INSERT INTO projector_checkpoints AS c (name, seq, updated_at, term) VALUES ($1, 0, now(), 1)
 		ON CONFLICT (name) DO UPDATE SET term = c.term + 1
-		RETURNING seq, term, tableoid::oid`, p.name).Scan(&cp, &p.term, &p.tables); err != nil {
-		return 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
+		RETURNING seq, checked_seq, term, tableoid::oid`, p.name).Scan(&cp, &checked, &p.term, &p.tables); err != nil {
+		return 0, 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
 	}
 	// What an earlier term pushed is not known: its last pushes may be lost or still on their way.
-	p.pushed, p.unchecked = newPushed(), map[string]struct{}{}
+	p.pushed, p.unchecked, p.checked = p.newPushed(), map[string]struct{}{}, checked
 	// Nor what it did to memberships.
 	p.members = newMembers()
-	return cp, nil
+	return cp, checked, nil
 }
 
-// pushedUsers bounds how many users' last pushes a leader remembers. A user it forgot gets a
-// push without prev, which only means a gap before it goes unnoticed.
-const pushedUsers = 100_000
+// pushedUsers bounds how many users' last pushes a leader remembers. A user it forgets gets a
+// check of their last push at once (so a loss before it is still noticed), and their next push
+// goes without prev.
+var pushedUsers = 100_000
 
-func newPushed() *lru.Cache[string, uint64] {
-	c, _ := lru.New[string, uint64](pushedUsers) // only errs on size <= 0
+func (p *Projector) newPushed() *lru.Cache[string, uint64] {
+	c, _ := lru.NewWithEvict(pushedUsers, p.checkForgotten) // only errs on size <= 0
 	return c
 }
 
-// repushWindow is how many events before its checkpoint a new leader pushes again. A leader
-// pushes a batch after committing it, before it starts the next, into its NATS connection's
-// buffer, which a goroutine of the client flushes: a leader that dies may have committed a batch
-// it never pushed, and left the pushes of the one before unflushed. While its connection is
-// reconnecting, pushes wait in the client's reconnect buffer, and the leader can still apply what
-// was delivered before (up to three batches: its channel and the consumer's buffer). Four
-// batches cover that.
-func (p *Projector) repushWindow() uint64 { return 4 * uint64(p.batchSize) }
+// repushFrom is where (exclusive) a new leader starts pushing again the events up to its
+// checkpoint cp, given the last sequence its predecessor checked (see check): everything after
+// that may hold a push lost on its way, which only a push again lets the receiver notice.
+//
+// At least four batches: a leader pushes a batch after committing it, before it starts the next,
+// into its NATS connection's buffer, which a goroutine of the client flushes; a leader that dies
+// may have committed a batch it never pushed, and left the pushes of the one before unflushed.
+// While its connection is reconnecting, pushes wait in the client's reconnect buffer, and the
+// leader can still apply what was delivered before (up to three batches: its channel and the
+// consumer's buffer). At most maxRepush events: a predecessor that never checked (an older
+// chatd, or a rebuild's fresh checkpoint row) leaves the rest to its clients' next resume.
+func (p *Projector) repushFrom(cp, checked uint64) uint64 {
+	from := max(checked, cp-min(cp, maxRepush))
+	return min(from, cp-min(cp, 4*uint64(p.batchSize)))
+}
+
+// maxRepush bounds what a new leader pushes again: about a check interval's worth of events
+// (5 s) at several thousand events a second.
+const maxRepush = 20_000
 
 // repush publishes again the pushes of the last events up to the checkpoint cp, as the leader
 // before would have (push after commit holds: they are committed). When that leader died between
 // commit and publish, clients connected to other nodes get those frames now rather than at their
 // next resume. Every other frame is one they had: connections drop a seq they have passed
 // (api's wsConn, and clients by contract), and these go out before anything newer.
-func (p *Projector) repush(ctx context.Context, cp uint64) error {
+func (p *Projector) repush(ctx context.Context, cp, checked uint64) error {
 	if p.Publish == nil || cp == 0 {
 		return nil
 	}
-	from := cp - min(cp, p.repushWindow()) // exclusive
+	from := p.repushFrom(cp, checked) // exclusive
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	steps := make(chan fetched, 1)

@@ -149,6 +149,10 @@ func TestNewLeaderPushesWhatTheOldOneMayNotHave(t *testing.T) {
 		t.Fatalf("the old leader pushed %d frames in the window, want 22: %q", len(want), want)
 	}
 
+	// Had the old leader checked its pushes up to its end, the new one still pushes its last
+	// four batches again (see repushFrom).
+	_, err = f.pool.Exec(f.ctx, `UPDATE projector_checkpoints SET checked_seq = seq`)
+	f.check(err)
 	b := f.projector()
 	b.batchSize, b.Publish = batch, next.publish
 	f.run(b)
@@ -175,9 +179,9 @@ func TestDeposedLeaderCommitsNothing(t *testing.T) {
 	_, _, _, err := f.store.ProvisionUser(f.ctx, "alice", "alice")
 	f.check(err)
 	a, b := f.projector(), f.projector()
-	_, err = a.takeOver(f.ctx)
+	_, _, err = a.takeOver(f.ctx)
 	f.check(err)
-	_, err = b.takeOver(f.ctx)
+	_, _, err = b.takeOver(f.ctx)
 	f.check(err)
 	if err := a.catchUp(f.ctx, f.lastSeq(), nil); !errors.Is(err, errDeposed) {
 		t.Fatalf("the deposed leader's batch: %v, want %v", err, errDeposed)
@@ -235,7 +239,7 @@ func TestDeposedLeaderTakesTheLeadAgain(t *testing.T) {
 	f.waitFor(a, f.lastSeq())
 	f.waitLeading(a)
 	b := f.projector() // another node's projector took the lead (and then went away)
-	_, err = b.takeOver(f.ctx)
+	_, _, err = b.takeOver(f.ctx)
 	f.check(err)
 	_, _, _, err = f.store.ProvisionUser(f.ctx, "bob", "bob")
 	f.check(err)
@@ -342,19 +346,19 @@ func TestLeaderForgetsMembersBetweenTerms(t *testing.T) {
 	log := pushLog{t: t}
 	a, b := f.projector(), f.projector()
 	a.Publish, b.Publish = log.publish, func(string, uint64, uint64, []byte) error { return nil }
-	_, err = a.takeOver(f.ctx)
+	_, _, err = a.takeOver(f.ctx)
 	f.check(err)
 	f.check(a.catchUp(f.ctx, f.lastSeq(), nil))
 	if mem, _, ok := f.remembered(a, g.ID); !ok || len(mem) != 3 {
 		t.Fatalf("a remembers %q (%v), want the three members", mem, ok)
 	}
 	// b leads while bob leaves, then a leads again.
-	_, err = b.takeOver(f.ctx)
+	_, _, err = b.takeOver(f.ctx)
 	f.check(err)
 	_, _, err = f.store.RemoveMember(f.ctx, "bob", g.ID, "bob")
 	f.check(err)
 	f.check(b.catchUp(f.ctx, f.lastSeq(), nil))
-	_, err = a.takeOver(f.ctx)
+	_, _, err = a.takeOver(f.ctx)
 	f.check(err)
 	log.mu.Lock()
 	log.last = nil // a new term's first pushes name none before them
@@ -387,5 +391,94 @@ func TestLeaderForgetsLargeGroups(t *testing.T) {
 	p.remember(Audience{"g": large})
 	if got, ok := p.members.Get("g"); ok {
 		t.Fatalf("remembered %d members of a group of %d, want none", len(got), len(large))
+	}
+}
+
+// A leader records how far its checks reach, and its successor pushes again everything after
+// that, beyond its last four batches: a push lost before the takeover but after the last check
+// would otherwise go unnoticed, since the successor's pushes name no predecessor.
+func TestNewLeaderPushesWhatWasNotChecked(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	for i := range 30 {
+		_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
+		f.check(err)
+	}
+	checked := func() (n uint64) {
+		f.check(f.pool.QueryRow(f.ctx, `SELECT checked_seq FROM projector_checkpoints`).Scan(&n))
+		return n
+	}
+	old, next := pushLog{t: t}, pushLog{t: t}
+	a := f.projector()
+	a.batchSize, a.Publish, a.checkEvery = 3, old.publish, 20*time.Millisecond
+	ctxA, stopA := context.WithCancel(context.Background())
+	doneA := make(chan struct{})
+	go func() { a.Run(ctxA); close(doneA) }()
+	last := f.lastSeq()
+	f.waitFor(a, last)
+	f.eventually("the leader records its checks", func() (bool, error) { return checked() == last, nil })
+	stopA()
+	<-doneA
+
+	// As if it had died 20 events after its last check round.
+	_, err := f.pool.Exec(f.ctx, `UPDATE projector_checkpoints SET checked_seq = $1`, last-20)
+	f.check(err)
+	b := f.projector()
+	b.batchSize, b.Publish, b.checkEvery = 3, next.publish, time.Hour
+	f.run(b)
+	f.waitLeading(b)
+	seqs := map[uint64]bool{}
+	for _, p := range next.list() {
+		var subject string
+		var seq uint64
+		if _, err := fmt.Sscan(p, &subject, &seq); err != nil {
+			t.Fatal(err)
+		}
+		seqs[seq] = true
+	}
+	for seq := last - 19; seq <= last; seq++ {
+		if !seqs[seq] {
+			t.Fatalf("the new leader pushed %v again, want every event after %d", slices.Sorted(maps.Keys(seqs)), last-20)
+		}
+	}
+	if len(seqs) != 20 {
+		t.Fatalf("the new leader pushed %d events again, want the 20 after the last check", len(seqs))
+	}
+}
+
+// A user the leader forgets (beyond pushedUsers) gets a check of their last push at once: their
+// next push names no predecessor, so a loss before it would go unnoticed otherwise.
+func TestForgottenUserIsChecked(t *testing.T) {
+	defer func(was int) { pushedUsers = was }(pushedUsers)
+	pushedUsers = 2
+	f := newFixture(t)
+	ab := f.direct("alice", "bob")
+	cd := f.direct("carol", "dave")
+	var mu sync.Mutex
+	var checks []string
+	p := f.projector()
+	p.checkEvery = time.Hour
+	p.Publish = func(subject string, _, prev uint64, _ []byte) error {
+		if push, ok := streams.PushSubjectOfCheck(subject); ok {
+			mu.Lock()
+			checks = append(checks, fmt.Sprint(push, " ", prev))
+			mu.Unlock()
+		}
+		return nil
+	}
+	f.run(p)
+	f.waitLeading(p)
+	first, _, err := f.store.SendMessage(f.ctx, "alice", ab.ID, "1", "hi")
+	f.check(err)
+	f.waitFor(p, first.Seq)
+	second, _, err := f.store.SendMessage(f.ctx, "carol", cd.ID, "1", "hi") // carol and dave push alice and bob out
+	f.check(err)
+	f.waitFor(p, second.Seq)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, u := range []string{"alice", "bob"} {
+		if want := fmt.Sprint(streams.PushSubject(u), " ", first.Seq); !slices.Contains(checks, want) {
+			t.Fatalf("checks %q, want %q", checks, want)
+		}
 	}
 }

@@ -63,9 +63,10 @@ type Projector struct {
 	// batch reads from PostgreSQL only the audiences it does not know (see audienceOf).
 	members *lru.Cache[string, []string]
 	// unchecked are the users pushed to since the last check (see check); checkEvery is how
-	// often checks go out.
+	// often checks go out; checked is the last sequence whose pushes this term recorded as checked.
 	unchecked  map[string]struct{}
 	checkEvery time.Duration
+	checked    uint64
 
 	pos atomic.Uint64 // the read models hold every event up to here
 	// term is the checkpoint row's term this projector commits under (see takeOver).
@@ -97,7 +98,7 @@ const (
 
 // NewProjector returns a projector of the live read models, reading stream through nc.
 func NewProjector(pool *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, log *slog.Logger) *Projector {
-	return &Projector{
+	p := &Projector{
 		pool:       pool,
 		nc:         nc,
 		stream:     stream,
@@ -105,7 +106,6 @@ func NewProjector(pool *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, lo
 		name:       ProjectorName,
 		batchSize:  500,
 		checkEvery: 5 * time.Second,
-		pushed:     newPushed(),
 		members:    newMembers(),
 		unchecked:  map[string]struct{}{},
 		models:     []readModel{Users{}, Conversations{}, Messages{}},
@@ -113,6 +113,8 @@ func NewProjector(pool *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, lo
 
 		parkedConvs: map[string]bool{},
 	}
+	p.pushed = p.newPushed()
+	return p
 }
 
 // Run projects until ctx is cancelled. Failures (PostgreSQL or NATS down) are logged and retried
@@ -145,7 +147,7 @@ func (p *Projector) Run(ctx context.Context) {
 }
 
 func (p *Projector) runOnce(ctx context.Context) error {
-	cp, err := p.takeOver(ctx)
+	cp, checked, err := p.takeOver(ctx)
 	if err != nil {
 		return err
 	}
@@ -153,7 +155,7 @@ func (p *Projector) runOnce(ctx context.Context) error {
 		return err
 	}
 	p.advance(cp)
-	if err := p.repush(ctx, cp); err != nil && ctx.Err() == nil {
+	if err := p.repush(ctx, cp, checked); err != nil && ctx.Err() == nil {
 		// Pushes are at most once: a client that missed one gets it at its next resume.
 		p.log.Warn("could not push the last events again on taking the lead", "err", err)
 	}
@@ -199,7 +201,7 @@ func (p *Projector) runOnce(ctx context.Context) error {
 		var batch []jetstream.Msg
 		select {
 		case <-checks.C:
-			p.check()
+			p.check(ctx)
 			continue
 		case m := <-msgs:
 			batch = append(batch, m)

@@ -285,16 +285,51 @@ func (p *Projector) publish(list []Push) {
 // check sends each user pushed to since the last check a push without a frame that names the
 // last push to them. A node that has not delivered that one lost it, as it would notice at the
 // user's next push: checks bound how long a lost last push goes unnoticed.
-func (p *Projector) check() {
+//
+// Then, once the checks have left this node, it records in the checkpoint row how far they
+// reach: every event up to the checkpoint was pushed before them (pushes follow each commit in
+// this same loop). A successor pushes again what comes after (see repushFrom), because a push
+// lost there would otherwise go unnoticed: the successor's pushes name no predecessor.
+func (p *Projector) check(ctx context.Context) {
 	if p.Publish == nil {
 		return
 	}
+	upTo := p.Position()
 	for u := range p.unchecked {
 		if last, ok := p.pushed.Get(u); ok {
-			if err := p.Publish(streams.CheckSubject(u), 0, last, nil); err != nil {
-				p.log.Warn("push check failed", "user", u, "err", err)
-			}
+			p.sendCheck(u, last)
 		}
 	}
 	clear(p.unchecked)
+	if upTo <= p.checked || p.nc == nil {
+		return
+	}
+	if err := p.nc.FlushTimeout(time.Second); err != nil {
+		p.log.Warn("push checks not confirmed; a successor will push more again", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := p.pool.Exec(ctx, `UPDATE projector_checkpoints SET checked_seq = $2 WHERE name = $1 AND term = $3 AND checked_seq < $2`,
+		p.name, upTo, p.term)
+	if err != nil {
+		p.log.Warn("could not record the checked pushes; a successor will push more again", "err", err)
+		return
+	}
+	p.checked = upTo
+}
+
+// checkForgotten checks the last push to a user the leader is about to forget (see pushedUsers),
+// if it was not checked yet: their next push names no predecessor.
+func (p *Projector) checkForgotten(user string, last uint64) {
+	if _, ok := p.unchecked[user]; ok {
+		delete(p.unchecked, user)
+		p.sendCheck(user, last)
+	}
+}
+
+func (p *Projector) sendCheck(user string, last uint64) {
+	if err := p.Publish(streams.CheckSubject(user), 0, last, nil); err != nil {
+		p.log.Warn("push check failed", "user", user, "err", err)
+	}
 }
