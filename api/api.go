@@ -27,7 +27,7 @@ type Commands interface {
 	CreateConversation(ctx context.Context, actor, kind, title string, members []string) (domain.Conversation, bool, uint64, error)
 	AddMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error)
 	RemoveMember(ctx context.Context, actor, convID, user string) (domain.Conversation, uint64, error)
-	SendMessage(ctx context.Context, actor, convID, clientMsgID, body string) (domain.Message, bool, error)
+	SendMessage(ctx context.Context, actor, convID, clientMsgID, body string) (m domain.Message, created bool, seq uint64, err error)
 	EditMessage(ctx context.Context, actor, msgID, body string) (domain.Message, uint64, error)
 	DeleteMessage(ctx context.Context, actor, msgID string) (domain.Message, uint64, error)
 	MarkRead(ctx context.Context, actor, convID string, seq uint64) (uint64, error)

@@ -18,11 +18,11 @@ func (s *server) postMessage(c echo.Context) error {
 	if err := s.bind(c, &req); err != nil {
 		return err
 	}
-	m, created, err := s.Commands.SendMessage(c.Request().Context(), currentUser(c), c.Param("id"), req.ClientMsgID, req.Body)
+	m, created, seq, err := s.Commands.SendMessage(c.Request().Context(), currentUser(c), c.Param("id"), req.ClientMsgID, req.Body)
 	if err != nil {
 		return err
 	}
-	setSeq(c, m.Seq)
+	setSeq(c, seq)
 	status := http.StatusOK
 	if created {
 		status = http.StatusCreated

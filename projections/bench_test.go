@@ -46,7 +46,7 @@ func BenchmarkProjector(b *testing.B) {
 		for w := range 16 {
 			wg.Go(func() {
 				for i := w; i < events; i += 16 {
-					if _, _, err := f.store.SendMessage(ctx, fmt.Sprint("u", i%users), convs[i%users], fmt.Sprint(i), body); err != nil {
+					if _, _, _, err := f.store.SendMessage(ctx, fmt.Sprint("u", i%users), convs[i%users], fmt.Sprint(i), body); err != nil {
 						b.Error(err)
 						return
 					}

@@ -35,7 +35,7 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	send := func(from string, conv domain.Conversation) {
 		t.Helper()
 		n++
-		_, _, err := f.store.SendMessage(f.ctx, from, conv.ID, fmt.Sprint("m", n), fmt.Sprint("message ", n))
+		_, _, _, err := f.store.SendMessage(f.ctx, from, conv.ID, fmt.Sprint("m", n), fmt.Sprint("message ", n))
 		f.check(err)
 	}
 	layout, err := streams.LayoutOf(f.stream)
@@ -93,9 +93,9 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	send("dave", other)
 	// Edits and deletes in their place: edited twice; edited, deleted, then edited and deleted
 	// again past the command side (the edit changes nothing, the second delete its time).
-	kept, _, err := f.store.SendMessage(f.ctx, "alice", group.ID, "kept", "as sent")
+	kept, _, _, err := f.store.SendMessage(f.ctx, "alice", group.ID, "kept", "as sent")
 	f.check(err)
-	gone, _, err := f.store.SendMessage(f.ctx, "alice", group.ID, "gone", "as sent")
+	gone, _, _, err := f.store.SendMessage(f.ctx, "alice", group.ID, "gone", "as sent")
 	f.check(err)
 	send("bob", group)
 	for _, body := range []string{"edited once", "edited twice"} {
@@ -113,7 +113,7 @@ func TestBulkLoadMatchesLiveProjector(t *testing.T) {
 	f.check(err)
 	publish(deleteAgain)
 	// An edit PostgreSQL rejects (parked, with its conversation's later events), and a message.
-	victim, _, err := f.store.SendMessage(f.ctx, "alice", joined.ID, "edited-badly", "as sent")
+	victim, _, _, err := f.store.SendMessage(f.ctx, "alice", joined.ID, "edited-badly", "as sent")
 	f.check(err)
 	badEdit, err := domain.EditMessage(joined, victim, "alice", "x", domain.DefaultLimits, time.Now())
 	f.check(err)

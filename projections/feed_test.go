@@ -179,7 +179,7 @@ func TestReplaySkipsParkedEvents(t *testing.T) {
 	d := f.direct("alice", "bob")
 	before := f.lastSeq() // bob's conversation.created
 	f.poison(d.ID, "alice")
-	_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "after", "waits with the poison")
+	_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "after", "waits with the poison")
 	f.check(err)
 	p := f.projector()
 	f.run(p)

@@ -79,7 +79,7 @@ func TestNewLeaderPushesWhatTheOldOneMayNotHave(t *testing.T) {
 		f.check(err)
 	}
 	send := func(conv, id string) uint64 {
-		m, _, err := f.store.SendMessage(f.ctx, "alice", conv, id, "message "+id)
+		m, _, _, err := f.store.SendMessage(f.ctx, "alice", conv, id, "message "+id)
 		f.check(err)
 		return m.Seq
 	}
@@ -107,7 +107,7 @@ func TestNewLeaderPushesWhatTheOldOneMayNotHave(t *testing.T) {
 	poisoned, _, _, err := f.store.CreateConversation(f.ctx, "bob", domain.KindDirect, "", []string{"carol"})
 	f.check(err)
 	f.poison(poisoned.ID, "bob")
-	_, _, err = f.store.SendMessage(f.ctx, "bob", poisoned.ID, "after", "waits with the poison")
+	_, _, _, err = f.store.SendMessage(f.ctx, "bob", poisoned.ID, "after", "waits with the poison")
 	f.check(err)
 	send(g.ID, "4")
 	// Batches of 3 make the window the last 12 events.
@@ -203,7 +203,7 @@ func TestLeaderChecksItsLastPushes(t *testing.T) {
 	p.Publish, p.checkEvery = log.publish, 20*time.Millisecond
 	f.run(p)
 	f.waitLeading(p)
-	m, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hi")
+	m, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hi")
 	f.check(err)
 	f.waitFor(p, m.Seq)
 	checks := func() []string {
@@ -292,7 +292,7 @@ func TestLeaderRemembersMembersAsItsCommitsLeaveThem(t *testing.T) {
 		}
 	}
 	send := func(id, audience string) {
-		m, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, id, "hi")
+		m, _, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, id, "hi")
 		f.check(err)
 		step(m.Seq, audience)
 	}
@@ -341,7 +341,7 @@ func TestLeaderForgetsMembersBetweenTerms(t *testing.T) {
 	}
 	g, _, _, err := f.store.CreateConversation(f.ctx, "alice", domain.KindGroup, "club", []string{"bob", "carol"})
 	f.check(err)
-	_, _, err = f.store.SendMessage(f.ctx, "alice", g.ID, "1", "hi")
+	_, _, _, err = f.store.SendMessage(f.ctx, "alice", g.ID, "1", "hi")
 	f.check(err)
 	log := pushLog{t: t}
 	a, b := f.projector(), f.projector()
@@ -363,7 +363,7 @@ func TestLeaderForgetsMembersBetweenTerms(t *testing.T) {
 	log.mu.Lock()
 	log.last = nil // a new term's first pushes name none before them
 	log.mu.Unlock()
-	m, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, "2", "hi")
+	m, _, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, "2", "hi")
 	f.check(err)
 	f.check(a.catchUp(f.ctx, f.lastSeq(), nil))
 	for _, push := range log.list() {
@@ -401,7 +401,7 @@ func TestNewLeaderPushesWhatWasNotChecked(t *testing.T) {
 	f := newFixture(t)
 	d := f.direct("alice", "bob")
 	for i := range 30 {
-		_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
+		_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
 		f.check(err)
 	}
 	checked := func() (n uint64) {
@@ -468,10 +468,10 @@ func TestForgottenUserIsChecked(t *testing.T) {
 	}
 	f.run(p)
 	f.waitLeading(p)
-	first, _, err := f.store.SendMessage(f.ctx, "alice", ab.ID, "1", "hi")
+	first, _, _, err := f.store.SendMessage(f.ctx, "alice", ab.ID, "1", "hi")
 	f.check(err)
 	f.waitFor(p, first.Seq)
-	second, _, err := f.store.SendMessage(f.ctx, "carol", cd.ID, "1", "hi") // carol and dave push alice and bob out
+	second, _, _, err := f.store.SendMessage(f.ctx, "carol", cd.ID, "1", "hi") // carol and dave push alice and bob out
 	f.check(err)
 	f.waitFor(p, second.Seq)
 	mu.Lock()

@@ -122,7 +122,7 @@ func TestProjectorSkipsWhatWasApplied(t *testing.T) {
 	f.check(err)
 	_, _, err = f.store.AddMember(f.ctx, "alice", g.ID, "carol")
 	f.check(err)
-	m, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, "m1", "first")
+	m, _, _, err := f.store.SendMessage(f.ctx, "alice", g.ID, "m1", "first")
 	f.check(err)
 	_, _, err = f.store.EditMessage(f.ctx, "alice", m.ID, "edited once")
 	f.check(err)
@@ -186,7 +186,7 @@ func TestConcurrentProjectors(t *testing.T) {
 		err  error
 	)
 	for i := range 300 {
-		last, _, err = f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), fmt.Sprint("message ", i))
+		last, _, _, err = f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), fmt.Sprint("message ", i))
 		f.check(err)
 		if i%50 == 0 {
 			_, _, err = f.store.EditMessage(f.ctx, "alice", last.ID, "edited")
@@ -246,7 +246,7 @@ func TestProjectorBatches(t *testing.T) {
 	f := newFixture(t)
 	d := f.direct("alice", "bob")
 	for i := range 1000 {
-		_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
+		_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
 		f.check(err)
 	}
 	p := f.projector()
@@ -269,9 +269,9 @@ func TestPoisonEventIsParked(t *testing.T) {
 	f.check(err)
 
 	f.poison(poisoned.ID, "alice")
-	_, _, err = f.store.SendMessage(f.ctx, "alice", poisoned.ID, "after", "waits with the poison")
+	_, _, _, err = f.store.SendMessage(f.ctx, "alice", poisoned.ID, "after", "waits with the poison")
 	f.check(err)
-	ok, _, err := f.store.SendMessage(f.ctx, "alice", healthy.ID, "fine", "goes through")
+	ok, _, _, err := f.store.SendMessage(f.ctx, "alice", healthy.ID, "fine", "goes through")
 	f.check(err)
 
 	p := f.projector()
@@ -351,7 +351,7 @@ func TestProjectorSkipsUndecodableAndStopsAtNewerSchema(t *testing.T) {
 	f := newFixture(t)
 	d := f.direct("alice", "bob")
 	send := func(text string) {
-		_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, text, text)
+		_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, text, text)
 		f.check(err)
 	}
 	count := func() int {
@@ -394,13 +394,13 @@ func TestProjectorSkipsUndecodableAndStopsAtNewerSchema(t *testing.T) {
 func TestReadMarkerPastBigintIsClamped(t *testing.T) {
 	f := newFixture(t)
 	d := f.direct("alice", "bob")
-	first, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "one", "one")
+	first, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "one", "one")
 	f.check(err)
 	marker := fmt.Sprintf(`{"v":1,"id":"e-marker","type":"read.updated","conversation_id":%q,"actor":"bob",`+
 		`"time":"2026-11-23T10:00:00Z","data":{"user_id":"bob","seq":%d}}`, d.ID, uint64(math.MaxUint64))
 	_, err = f.js.Publish(f.ctx, "chat.evt.conv."+d.ID+".read.bob", []byte(marker))
 	f.check(err)
-	after, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "two", "two")
+	after, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "two", "two")
 	f.check(err)
 
 	p := f.projector()

@@ -26,7 +26,7 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 	d := f.direct("alice", "bob")
 	var first string
 	for i := range 300 {
-		m, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint("before-", i), "hello")
+		m, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint("before-", i), "hello")
 		f.check(err)
 		if i == 0 {
 			first = m.ID
@@ -54,7 +54,7 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 	wg.Go(func() {
 		n := 0
 		for ctx.Err() == nil {
-			if _, _, err := f.store.SendMessage(f.ctx, "bob", d.ID, fmt.Sprint("during-", n), "busy"); err != nil {
+			if _, _, _, err := f.store.SendMessage(f.ctx, "bob", d.ID, fmt.Sprint("during-", n), "busy"); err != nil {
 				t.Error(err)
 				break
 			}
@@ -90,7 +90,7 @@ func TestRebuildSwitchesOverWhileServing(t *testing.T) {
 		t.Fatalf("after the rebuild: %v", err)
 	}
 	// The live projector goes on into the new tables.
-	m, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "after", "after the switch")
+	m, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "after", "after the switch")
 	f.check(err)
 	f.waitFor(live, m.Seq)
 	if got, err := msgs.Get(f.ctx, m.ID); err != nil || got.Body != "after the switch" {
@@ -272,7 +272,7 @@ func TestRebuildAfterTheLastEventWasDeleted(t *testing.T) {
 	d := f.direct("alice", "bob")
 	var last string
 	for i := range 5 {
-		m, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hello")
+		m, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hello")
 		f.check(err)
 		last = m.ID
 	}
@@ -311,7 +311,7 @@ func TestCatchUpPastDeletedEvents(t *testing.T) {
 			f := newFixture(t)
 			d := f.direct("alice", "bob")
 			for i := range 5 {
-				_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hello")
+				_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hello")
 				f.check(err)
 			}
 			sc, err := newScratch(f.ctx, f.pool, "chatd_test")
@@ -383,7 +383,7 @@ func TestDroppingReplacedTablesWaitsForReaders(t *testing.T) {
 func (f *fixture) projectOneMessage() {
 	f.t.Helper()
 	d := f.direct("alice", "bob")
-	_, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hello")
+	_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "hello")
 	f.check(err)
 	live := f.projector()
 	f.run(live)

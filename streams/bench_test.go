@@ -33,7 +33,7 @@ func BenchmarkSendMessage(b *testing.B) {
 			b.ResetTimer()
 			send := func() {
 				id := fmt.Sprint(n.Add(1))
-				if _, _, err := store.SendMessage(ctx, "alice", c.ID, id, body); err != nil {
+				if _, _, _, err := store.SendMessage(ctx, "alice", c.ID, id, body); err != nil {
 					b.Error(err)
 				}
 			}
@@ -98,7 +98,7 @@ func BenchmarkSendMessageHistory(b *testing.B) {
 			n := 0
 			for b.Loop() {
 				n++
-				if _, _, err := store.SendMessage(ctx, "alice", c.ID, fmt.Sprint("m", n), body); err != nil {
+				if _, _, _, err := store.SendMessage(ctx, "alice", c.ID, fmt.Sprint("m", n), body); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -99,7 +99,7 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 				}
 				s := send{conv, sender, fmt.Sprintf("m%d", k)}
 				sendCtx, cancelSend := context.WithTimeout(ctx, 5*time.Second)
-				m, _, err := n.store.SendMessage(sendCtx, sender, conv, s.clientMsgID, "hello")
+				m, _, _, err := n.store.SendMessage(sendCtx, sender, conv, s.clientMsgID, "hello")
 				cancelSend()
 				mu.Lock()
 				if err != nil {
@@ -130,7 +130,7 @@ func TestAcknowledgedSendsSurviveLosingTheLeader(t *testing.T) {
 	for _, s := range failed {
 		for attempt := 0; ; attempt++ {
 			sendCtx, cancelSend := context.WithTimeout(ctx, 5*time.Second)
-			m, created, err := n.store.SendMessage(sendCtx, s.sender, s.conv, s.clientMsgID, "hello")
+			m, created, _, err := n.store.SendMessage(sendCtx, s.sender, s.conv, s.clientMsgID, "hello")
 			cancelSend()
 			if err == nil {
 				acked[m.ID] = s

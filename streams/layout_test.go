@@ -32,7 +32,7 @@ func TestEventsLandInTheirPositionsEpoch(t *testing.T) {
 		if i%3 == 2 {
 			_, err = fresh.MarkRead(ctx, "bob", c.ID, 1)
 		} else {
-			_, _, err = fresh.SendMessage(ctx, "alice", c.ID, strconv.Itoa(i), "hi")
+			_, _, _, err = fresh.SendMessage(ctx, "alice", c.ID, strconv.Itoa(i), "hi")
 		}
 		if err != nil {
 			t.Fatalf("append %d: %v", i, err)
@@ -53,7 +53,7 @@ func TestChainedWritesContinueTheChain(t *testing.T) {
 		}
 	}
 	// The store's cached tip is behind: its append is refused, and it finds the new tip.
-	if _, _, err := n.store.SendMessage(ctxT(t), "alice", c.ID, "after", "hi"); err != nil {
+	if _, _, _, err := n.store.SendMessage(ctxT(t), "alice", c.ID, "after", "hi"); err != nil {
 		t.Fatal(err)
 	}
 	checkChain(t, n.stream, c.ID, 2+written+1)
@@ -107,7 +107,7 @@ func TestMessageStateAcrossEpochs(t *testing.T) {
 		t.Helper()
 		for range 3 * natstest.TestEpochSize {
 			sent++
-			if _, _, err := n.store.SendMessage(ctx, "bob", m.ConversationID, "later"+strconv.Itoa(sent), "hi"); err != nil {
+			if _, _, _, err := n.store.SendMessage(ctx, "bob", m.ConversationID, "later"+strconv.Itoa(sent), "hi"); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -131,7 +131,7 @@ func TestMessageStateAcrossEpochs(t *testing.T) {
 	if _, _, err := fresh.EditMessage(ctx, "alice", m.ID, "back from the dead"); domain.ErrorCode(err) == "" {
 		t.Fatalf("edit of a message deleted epochs ago: %v, want refused", err)
 	}
-	if again, created, err := fresh.SendMessage(ctx, "alice", m.ConversationID, m.ClientMsgID, "again"); err != nil || created || !again.Deleted || again.Body != "" {
+	if again, created, _, err := fresh.SendMessage(ctx, "alice", m.ConversationID, m.ClientMsgID, "again"); err != nil || created || !again.Deleted || again.Body != "" {
 		t.Fatalf("retry of a deleted message: %+v created=%v err=%v", again, created, err)
 	}
 	if got := count(events(t, n.stream), domain.TypeMessageCreated); got != 1+sent {
@@ -231,7 +231,7 @@ func TestAppendsExpectOnlyTheirEpoch(t *testing.T) {
 	}
 	const events = 3*natstest.TestEpochSize + 2
 	for i := 1; i < events; i++ {
-		if _, _, err := n.store.SendMessage(ctx, "alice", c.ID, strconv.Itoa(i), "hi"); err != nil {
+		if _, _, _, err := n.store.SendMessage(ctx, "alice", c.ID, strconv.Itoa(i), "hi"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -271,7 +271,7 @@ func TestNoChainingToAnEventWithoutHash(t *testing.T) {
 	if _, err := n.js.PublishMsg(ctxT(t), msg); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := newStore(t, n.js, n.stream).SendMessage(ctxT(t), "alice", c.ID, "second", "hi")
+	_, _, _, err := newStore(t, n.js, n.stream).SendMessage(ctxT(t), "alice", c.ID, "second", "hi")
 	if err == nil || !strings.Contains(err.Error(), "no hash") {
 		t.Fatalf("send after an event without hash: %v, want refused for that reason", err)
 	}

@@ -486,30 +486,32 @@ func (s *Store) RemoveMember(ctx context.Context, actor, convID, user string) (d
 }
 
 // SendMessage appends a message unless the sender already sent one with this clientMsgID to
-// this conversation, in which case it returns that one with created false.
-func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, body string) (m domain.Message, created bool, err error) {
+// this conversation, in which case it returns that one with created false. seq is the stream
+// position of what the answer shows: the message's creation, or for a retry its last change
+// since (an edit, a delete), so that a read with that min_seq shows the same.
+func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, body string) (m domain.Message, created bool, seq uint64, err error) {
 	if err := domain.ValidClientMsgID(clientMsgID); err != nil {
-		return m, false, err
+		return m, false, 0, err
 	}
 	msgID := domain.MessageID(convID, actor, clientMsgID)
 	if !domain.ValidConversationID(convID) {
-		return m, false, errNoConversation
+		return m, false, 0, errNoConversation
 	}
 	// A retry at any later time: the message's own subject already holds it. The answer is the
 	// message as it is now (edited or deleted since), never a deleted text, and only to a member:
 	// a sender removed since is answered as any non-member is.
 	if seen, err := s.messageSeen(ctx, msgID); err != nil {
-		return m, false, err
+		return m, false, 0, err
 	} else if seen {
 		c, _, err := s.Conversation(ctx, convID)
 		if err != nil {
-			return m, false, err
+			return m, false, 0, err
 		}
 		if !c.IsMember(actor) {
-			return m, false, errNoConversation
+			return m, false, 0, errNoConversation
 		}
-		m, _, err := s.Message(ctx, msgID)
-		return m, false, err
+		m, seq, err := s.Message(ctx, msgID)
+		return m, false, seq, err
 	}
 	e, _, err := s.decideOnConversation(ctx, convID, false, func(c domain.Conversation) (*domain.Event, error) {
 		e, err := domain.SendMessage(c, actor, clientMsgID, body, s.limits, s.now())
@@ -519,16 +521,16 @@ func (s *Store) SendMessage(ctx context.Context, actor, convID, clientMsgID, bod
 		// A concurrent retry won the race; answer with what it stored.
 		stored, err := s.eventAt(ctx, e.Seq)
 		if err != nil {
-			return m, false, err
+			return m, false, 0, err
 		}
 		m, err := domain.MessageOf(stored)
-		return m, false, err
+		return m, false, m.Seq, err
 	}
 	if err != nil {
-		return m, false, err
+		return m, false, 0, err
 	}
 	m, err = domain.MessageOf(*e)
-	return m, true, err
+	return m, true, m.Seq, err
 }
 
 // Message returns a message's current state from the stream: its first event, changed by its
@@ -549,7 +551,27 @@ func (s *Store) Message(ctx context.Context, msgID string) (domain.Message, uint
 	if lastSeq == first.Seq {
 		return first, lastSeq, nil
 	}
-	m, err := domain.ApplyMessage(first, last)
+	m := first
+	if last.Type == domain.TypeMessageDeleted {
+		// A tombstone keeps the time of the message's last edit, as the read models do: the
+		// events between are read one by one (a message has few).
+		for seq := first.Seq; ; {
+			e, err := s.readLeader(ctx, msgGetRequest{Seq: seq + 1, NextFor: subjects})
+			if err != nil {
+				return first, 0, err
+			}
+			if e.Seq >= lastSeq {
+				break
+			}
+			if e.Type == domain.TypeMessageEdited {
+				if m, err = domain.ApplyMessage(m, e.Event); err != nil {
+					return first, 0, err
+				}
+			}
+			seq = e.Seq
+		}
+	}
+	m, err = domain.ApplyMessage(m, last)
 	return m, lastSeq, err
 }
 

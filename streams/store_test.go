@@ -150,13 +150,13 @@ func TestSendAfterRemovalOnAnotherNodeIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	// bob's node learns the conversation (and caches it) by sending.
-	if _, created, err := b.store.SendMessage(ctx, "bob", g.ID, "b1", "hi"); err != nil || !created {
+	if _, created, _, err := b.store.SendMessage(ctx, "bob", g.ID, "b1", "hi"); err != nil || !created {
 		t.Fatalf("first send: created=%v err=%v", created, err)
 	}
 	if _, _, err := a.store.RemoveMember(ctx, "alice", g.ID, "bob"); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = b.store.SendMessage(ctx, "bob", g.ID, "b2", "still here?")
+	_, _, _, err = b.store.SendMessage(ctx, "bob", g.ID, "b2", "still here?")
 	if domain.ErrorCode(err) != domain.CodeNotFound {
 		t.Fatalf("send after removal: err = %v, want not_found", err)
 	}
@@ -180,13 +180,13 @@ func testMembershipRace(t *testing.T, newNode func() node) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := b.store.SendMessage(ctx, "bob", g.ID, "warm", "x"); err != nil {
+		if _, _, _, err := b.store.SendMessage(ctx, "bob", g.ID, "warm", "x"); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
 		for j := range 5 {
 			wg.Go(func() {
-				_, _, err := b.store.SendMessage(ctx, "bob", g.ID, fmt.Sprintf("m%d-%d", i, j), "racing")
+				_, _, _, err := b.store.SendMessage(ctx, "bob", g.ID, fmt.Sprintf("m%d-%d", i, j), "racing")
 				if err != nil && domain.ErrorCode(err) != domain.CodeNotFound {
 					t.Errorf("send: %v", err)
 				}
@@ -223,7 +223,7 @@ func directWithMessage(t *testing.T, n node, clientMsgID string) domain.Message 
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, created, err := n.store.SendMessage(ctx, "alice", c.ID, clientMsgID, "hello")
+	m, created, _, err := n.store.SendMessage(ctx, "alice", c.ID, clientMsgID, "hello")
 	if err != nil || !created {
 		t.Fatalf("send: created=%v err=%v", created, err)
 	}
@@ -232,7 +232,7 @@ func directWithMessage(t *testing.T, n node, clientMsgID string) domain.Message 
 
 func assertRetry(t *testing.T, st *streams.Store, want domain.Message) {
 	t.Helper()
-	got, created, err := st.SendMessage(ctxT(t), want.SenderID, want.ConversationID, want.ClientMsgID, "a different body")
+	got, created, _, err := st.SendMessage(ctxT(t), want.SenderID, want.ConversationID, want.ClientMsgID, "a different body")
 	if err != nil {
 		t.Fatalf("retry: %v", err)
 	}
@@ -312,7 +312,7 @@ func testConcurrentRetriesCreateOneMessage(t *testing.T, newNode func() node) {
 	for range 8 {
 		node := newNode()
 		wg.Go(func() {
-			m, ok, err := node.store.SendMessage(ctxT(t), "alice", c.ID, "same", "hello")
+			m, ok, _, err := node.store.SendMessage(ctxT(t), "alice", c.ID, "same", "hello")
 			if err != nil {
 				t.Error(err)
 				return
@@ -388,8 +388,8 @@ func TestEditAndDeleteRules(t *testing.T) {
 		t.Fatalf("edit after delete: %v, want conflict", err)
 	}
 	got, _, err := n.store.Message(ctx, m.ID)
-	if err != nil || !got.Deleted || got.Body != "" {
-		t.Fatalf("message after delete: %+v %v", got, err)
+	if err != nil || !got.Deleted || got.Body != "" || got.EditedAt == nil || !got.EditedAt.Equal(*edited.EditedAt) {
+		t.Fatalf("message after delete: %+v %v; want a tombstone that keeps its edit's time, as the read models do", got, err)
 	}
 	if _, _, err := n.store.Message(ctx, m.ConversationID+"-aaaaaaaaaaaaaaaaaaaa"); domain.ErrorCode(err) != domain.CodeNotFound {
 		t.Fatalf("unknown message: %v", err)
@@ -418,7 +418,7 @@ func TestWritesFailFastWhenNATSIsDown(t *testing.T) {
 	s.WaitForShutdown()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_, _, err := n.store.SendMessage(ctx, "alice", m.ConversationID, "c2", "anyone?")
+	_, _, _, err := n.store.SendMessage(ctx, "alice", m.ConversationID, "c2", "anyone?")
 	if domain.ErrorCode(err) != domain.CodeUnavailable {
 		t.Fatalf("send with NATS down: %v, want unavailable", err)
 	}
@@ -487,13 +487,13 @@ func TestRetryAfterRemovalIsNotFound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := n.store.SendMessage(ctx, "bob", g.ID, "b1", "hello"); err != nil {
+	if _, _, _, err := n.store.SendMessage(ctx, "bob", g.ID, "b1", "hello"); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := n.store.RemoveMember(ctx, "alice", g.ID, "bob"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := n.store.SendMessage(ctx, "bob", g.ID, "b1", "hello"); domain.ErrorCode(err) != domain.CodeNotFound {
+	if _, _, _, err := n.store.SendMessage(ctx, "bob", g.ID, "b1", "hello"); domain.ErrorCode(err) != domain.CodeNotFound {
 		t.Fatalf("retry after removal: %v, want not_found", err)
 	}
 }

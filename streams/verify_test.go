@@ -34,7 +34,7 @@ func history(t *testing.T, st *streams.Store) (direct, group domain.Conversation
 	}
 	var last domain.Message
 	for i, c := range []domain.Conversation{direct, group, direct, group, direct} {
-		if last, _, err = st.SendMessage(ctx, "bob", c.ID, "m"+string(rune('a'+i)), "hello <b>"+string(rune('a'+i))+"</b>"); err != nil {
+		if last, _, _, err = st.SendMessage(ctx, "bob", c.ID, "m"+string(rune('a'+i)), "hello <b>"+string(rune('a'+i))+"</b>"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -53,7 +53,7 @@ func history(t *testing.T, st *streams.Store) (direct, group domain.Conversation
 	if _, _, err := st.RemoveMember(ctx, "bob", group.ID, "bob"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.SendMessage(ctx, "carol", group.ID, "c1", "hi all"); err != nil {
+	if _, _, _, err := st.SendMessage(ctx, "carol", group.ID, "c1", "hi all"); err != nil {
 		t.Fatal(err)
 	}
 	return direct, group
@@ -283,7 +283,7 @@ func TestChainUnderConcurrentNodes(t *testing.T) {
 	for i, st := range []*streams.Store{a.store, b.store, a.store, b.store} {
 		wg.Go(func() {
 			for j := range perSender {
-				if _, _, err := st.SendMessage(ctxT(t), "bob", g.ID, fmt.Sprintf("s%d-%d", i, j), "hi"); err != nil {
+				if _, _, _, err := st.SendMessage(ctxT(t), "bob", g.ID, fmt.Sprintf("s%d-%d", i, j), "hi"); err != nil {
 					errs <- err
 				}
 				if _, err := st.MarkRead(ctxT(t), "alice", g.ID, 1); err != nil {

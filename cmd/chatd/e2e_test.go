@@ -271,8 +271,10 @@ func TestConversationsAndMessages(t *testing.T) {
 		t.Fatalf("second delete: %d, want 409", r.status)
 	}
 	// A late retry of the deleted message's send answers with it as it is now: deleted.
-	if r := c.must(200, "POST", "/api/v1/conversations/"+dID+"/messages", alice, map[string]string{"client_msg_id": "a-19", "body": "message 19"}); r.body["deleted"] != true || r.str("body") != "" {
-		t.Fatalf("retry of a deleted message: %s", r.raw)
+	// Its X-Chat-Seq is the delete's: a read with that min_seq shows the same.
+	if r := c.must(200, "POST", "/api/v1/conversations/"+dID+"/messages", alice, map[string]string{"client_msg_id": "a-19", "body": "message 19"}); r.body["deleted"] != true || r.str("body") != "" ||
+		r.header.Get("X-Chat-Seq") != del.header.Get("X-Chat-Seq") {
+		t.Fatalf("retry of a deleted message: X-Chat-Seq %s (the delete's %s), %s", r.header.Get("X-Chat-Seq"), del.header.Get("X-Chat-Seq"), r.raw)
 	}
 
 	// A read marker never moves past the conversation's last event, so later messages count.
