@@ -7,9 +7,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chatd-dev/chatd/metrics"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // dashboardPath is the Grafana dashboard shipped in docs/grafana.
@@ -229,5 +231,21 @@ func TestMetricNames(t *testing.T) {
 	want := []string{"chatd_http_request_duration_seconds_bucket", "go_goroutines"}
 	if !slices.Equal(got, want) {
 		t.Errorf("metricNames = %v, want %v", got, want)
+	}
+}
+
+// Any token is a valid HTTP method: one that is not a standard method must not become a label
+// value of its own, or a client could grow the process's series (and memory) without bound.
+func TestRequestMethodsAreBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	for _, method := range []string{"GET", "POST", "M1", "M2", "BREW"} {
+		m.Request("/healthz", method, 405, time.Millisecond)
+	}
+	if got := testutil.CollectAndCount(m.HTTPRequests); got != 3 {
+		t.Fatalf("%d request series, want 3 (GET, POST, other)", got)
+	}
+	if got := testutil.ToFloat64(m.HTTPRequests.WithLabelValues("/healthz", "other", "405")); got != 3 {
+		t.Fatalf("%v requests counted as other, want 3", got)
 	}
 }

@@ -3,6 +3,7 @@
 package metrics
 
 import (
+	"net/http"
 	"strconv"
 	"time"
 
@@ -108,11 +109,23 @@ func (m *Metrics) Request(route, method string, status int, d time.Duration) {
 	if m == nil {
 		return
 	}
+	method = knownMethod(method)
 	m.HTTPRequests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
 	m.HTTPDuration.WithLabelValues(route, method).Observe(d.Seconds())
 	if status == 503 {
 		m.ReadErrors.Inc()
 	}
+}
+
+// knownMethod is method if it is a standard HTTP method, else "other": any token is a valid
+// method on the wire, and each label value is a series kept for the life of the process.
+func knownMethod(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return method
+	}
+	return "other"
 }
 
 // Append counts an append: err nil, a conflict (expectation failed), or a failure.

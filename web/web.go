@@ -15,6 +15,7 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -109,16 +110,25 @@ func appAssets() map[string]asset {
 	return out
 }
 
+// hostPort is a Host header fit to name in a policy: a name, IPv4 or [IPv6] address, and a port.
+var hostPort = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$`)
+
 // setAppHeaders sets the security headers of the chat page: it may be framed only by the host
 // sites (frame-ancestors; deliberately no X-Frame-Options, which cannot name several origins),
 // and it runs only its own scripts and styles and talks only to chatd.
 func setAppHeaders(h http.Header, host, ancestors string) {
+	connect := "connect-src 'self'"
+	if hostPort.MatchString(host) {
+		// Older browsers do not count WebSockets to the page's own host as 'self'. The Host
+		// header is the client's to choose: only a plain host[:port] goes into the policy.
+		connect += " ws://" + host + " wss://" + host
+	}
 	h.Set("Content-Security-Policy", strings.Join([]string{
 		"default-src 'self'",
 		"script-src 'self'",
 		"style-src 'self'",
 		"img-src 'self' data:",
-		"connect-src 'self' ws://" + host + " wss://" + host,
+		connect,
 		"frame-ancestors " + ancestors,
 		"base-uri 'none'",
 		"form-action 'none'",

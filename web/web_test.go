@@ -41,6 +41,24 @@ func TestAppPage(t *testing.T) {
 	}
 }
 
+// The Host header is the client's: anything but a plain host[:port] stays out of the policy.
+func TestAppPolicyTakesOnlyAPlainHost(t *testing.T) {
+	for host, want := range map[string]string{
+		"chat.example:8443": "connect-src 'self' ws://chat.example:8443 wss://chat.example:8443;",
+		"[::1]:8080":        "connect-src 'self' ws://[::1]:8080 wss://[::1]:8080;",
+		"evil;script-src *": "connect-src 'self';",
+		"evil x":            "connect-src 'self';",
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/embed/", nil)
+		req.Host = host
+		rec := httptest.NewRecorder()
+		App(nil).ServeHTTP(rec, req)
+		if csp := rec.Result().Header.Get("Content-Security-Policy"); !strings.Contains(csp, want) {
+			t.Errorf("Host %q: CSP %q lacks %q", host, csp, want)
+		}
+	}
+}
+
 func TestAppNobodyMayFrameWithoutHosts(t *testing.T) {
 	csp := get(t, App(nil), "/embed/").Header.Get("Content-Security-Policy")
 	if !strings.Contains(csp, "frame-ancestors 'none'") {

@@ -23,7 +23,7 @@ func toolStream(ctx context.Context, cfg Config, name string) (*nats.Conn, jetst
 	}
 	nc, err := nats.Connect(url, nats.Name(name))
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s (is chatd running, or set CHAT_NATS_URL): %w", url, err)
+		return nil, nil, fmt.Errorf("connect to NATS at %s (is chatd running, or set CHAT_NATS_URL): %w", redactURLs(url), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"strings"
@@ -116,6 +117,9 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	if err := fs.Parse(args); err != nil {
 		return c, nil, err
 	}
+	// The host sends the key in a header, whose value HTTP trims: so is the configured key, or
+	// a trailing newline (a secret mounted from a file) would refuse every request.
+	c.ServiceKey = strings.TrimSpace(c.ServiceKey)
 	return c, fs.Args(), c.validate()
 }
 
@@ -131,6 +135,13 @@ func (c Config) validate() error {
 	}
 	if c.DuplicateWindow < time.Second {
 		problems = append(problems, "duplicate window must be at least 1s")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		problems = append(problems, "log level must be debug, info, warn or error")
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		problems = append(problems, "log format must be text or json")
 	}
 	if c.TokenMaxTTL < time.Minute {
 		problems = append(problems, "token max TTL must be at least 1m")
@@ -190,11 +201,29 @@ func (c Config) demo() bool { return c.DemoAddr != "off" && c.DemoAddr != "" }
 func (c *Config) print(w io.Writer) {
 	for _, s := range c.settings() {
 		v := s.value.String()
-		if s.secret && v != "" {
+		switch {
+		case s.secret && v != "":
 			v = "****"
+		case s.env == "CHAT_NATS_URL":
+			v = redactURLs(v)
 		}
 		fmt.Fprintf(w, "  %-28s %s\n", s.env, v)
 	}
+}
+
+// redactURLs masks the credentials in a comma-separated list of server URLs (nats://user:pass@host),
+// for logs and error messages.
+func redactURLs(list string) string {
+	urls := strings.Split(list, ",")
+	for i, raw := range urls {
+		if u, err := url.Parse(strings.TrimSpace(raw)); err == nil && u.User != nil {
+			u.User = url.User("REDACTED")
+			urls[i] = u.String()
+		} else if err != nil && strings.Contains(raw, "@") {
+			urls[i] = "REDACTED" // unparseable, and it may hold credentials
+		}
+	}
+	return strings.Join(urls, ",")
 }
 
 type stringValue string

@@ -276,9 +276,7 @@ func loopbackOrigins(a net.Addr) []string {
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -309,7 +307,7 @@ func connectNATS(cfg Config, log *slog.Logger) (*nats.Conn, func(), error) {
 	if cfg.NATSURL != "" {
 		nc, err := nats.Connect(cfg.NATSURL, opts...)
 		if err != nil {
-			return nil, nil, fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
+			return nil, nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(cfg.NATSURL), err)
 		}
 		return nc, nc.Close, nil
 	}

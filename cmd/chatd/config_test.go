@@ -1,0 +1,50 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// The configuration chatd prints at start, and its connection errors, never show the
+// credentials of a NATS URL (the only way to give chatd NATS credentials).
+func TestNATSURLCredentialsAreMasked(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://chatd:hunter2@nats-1:4222,nats://chatd:hunter2@nats-2:4222": "nats://REDACTED@nats-1:4222,nats://REDACTED@nats-2:4222",
+		"nats://tok3n@nats:4222": "nats://REDACTED@nats:4222",
+		"nats://nats:4222":       "nats://nats:4222",
+		"":                       "",
+	} {
+		if got := redactURLs(in); got != want {
+			t.Errorf("redactURLs(%q) = %q, want %q", in, got, want)
+		}
+	}
+	env := map[string]string{"CHAT_NATS_URL": "nats://chatd:hunter2@nats:4222", "DATABASE_URL": "postgres://chatd:pw@db/chatd",
+		"CHAT_SERVICE_KEY": strings.Repeat("k", 32), "CHAT_JWT_SECRET": strings.Repeat("s", 32)}
+	cfg, _, err := parseConfig("chatd", nil, func(k string) string { return env[k] }, &strings.Builder{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	cfg.print(&out)
+	if strings.Contains(out.String(), "hunter2") || strings.Contains(out.String(), ":pw@") || !strings.Contains(out.String(), "nats://REDACTED@nats:4222") {
+		t.Fatalf("printed configuration:\n%s", out.String())
+	}
+}
+
+// Settings that would be silently replaced by a default are refused instead, and a service key
+// mounted from a file with its trailing newline still matches what hosts send.
+func TestConfigRefusesWhatItWouldIgnore(t *testing.T) {
+	parse := func(env map[string]string) (Config, error) {
+		cfg, _, err := parseConfig("chatd", nil, func(k string) string { return env[k] }, &strings.Builder{})
+		return cfg, err
+	}
+	for _, env := range []map[string]string{{"CHAT_LOG_LEVEL": "verbose"}, {"CHAT_LOG_FORMAT": "JSON"}} {
+		if _, err := parse(env); err == nil {
+			t.Errorf("%v accepted", env)
+		}
+	}
+	cfg, err := parse(map[string]string{"CHAT_SERVICE_KEY": strings.Repeat("k", 32) + "\n", "CHAT_LOG_LEVEL": "debug", "CHAT_LOG_FORMAT": "json"})
+	if err != nil || cfg.ServiceKey != strings.Repeat("k", 32) {
+		t.Fatalf("service key %q, %v", cfg.ServiceKey, err)
+	}
+}
