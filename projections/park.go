@@ -37,12 +37,27 @@ func parkedBetween(ctx context.Context, q querier, after, upTo uint64) (map[uint
 // rejectAttempts is how often a lone event is tried before it is parked.
 const rejectAttempts = 3
 
-// rejected reports whether err is PostgreSQL refusing a statement (as opposed to being down):
-// the same events would be refused again.
+// rejected reports whether err is about the event itself, so that the same event would be
+// refused again however often it is tried: its data does not fit the read models (errUnusable),
+// or PostgreSQL refuses its values (a data exception, class 22, or a constraint, class 23).
+// Anything else (PostgreSQL or the network down, a lock or statement timeout, a deadlock, a
+// full disk, a statement that does not match the schema) is the projector's or the database's
+// state: it is retried with backoff, and parks nothing.
 func rejected(err error) bool {
+	if errors.Is(err, errUnusable) {
+		return true
+	}
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr)
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	class := pgErr.Code[:min(2, len(pgErr.Code))]
+	return class == "22" || class == "23"
 }
+
+// errUnusable marks an event whose data cannot be applied: a field of the wrong type, say,
+// written past the command side by a bug or an older version.
+var errUnusable = errors.New("the event's data cannot be applied")
 
 // applyOrPark applies a batch; when PostgreSQL rejects it, it finds and parks the culprit.
 func (p *Projector) applyOrPark(ctx context.Context, batch decoded) error {
@@ -55,7 +70,7 @@ func (p *Projector) applyOrPark(ctx context.Context, batch decoded) error {
 	if err == nil || !rejected(err) {
 		return err
 	}
-	p.log.Warn("PostgreSQL rejected a batch; applying it event by event", "events", len(batch.msgs), "err", err)
+	p.log.Warn("a batch was refused; applying it event by event", "events", len(batch.msgs), "err", err)
 	if p.bulk != nil {
 		// One at a time, events are applied the live projector's way (see applyBatch), which
 		// needs the indexes that a bulk load builds at its end.
@@ -119,7 +134,7 @@ func (p *Projector) park(ctx context.Context, m streams.Stored, cause error) err
 	}
 	p.Metrics.Parked(p.parked.Add(1))
 	p.Metrics.ProjectorFailed()
-	p.log.Error("parked an event PostgreSQL rejects; its conversation's later events wait with it",
+	p.log.Error("parked an event that cannot be applied; its conversation's later events wait with it",
 		"seq", e.Seq, "conversation", e.ConversationID, "err", cause)
 	p.advance(e.Seq)
 	return nil

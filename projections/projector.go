@@ -443,7 +443,7 @@ func (p *Projector) queue(b *pgx.Batch, events []domain.Event, data []messageDat
 			}
 			for _, c := range run {
 				if err := m.apply(b, *c.Event); err != nil {
-					return fmt.Errorf("apply %s at %d: %w", c.Type, c.Seq, err)
+					return fmt.Errorf("apply %s at %d: %w: %w", c.Type, c.Seq, errUnusable, err)
 				}
 			}
 		}
@@ -453,7 +453,7 @@ func (p *Projector) queue(b *pgx.Batch, events []domain.Event, data []messageDat
 	for i, e := range events {
 		if e.Type == domain.TypeMessageCreated {
 			if err := data[i].err; err != nil {
-				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
+				return fmt.Errorf("apply %s at %d: %w: %w", e.Type, e.Seq, errUnusable, err)
 			}
 			run = append(run, created{&events[i], &data[i].MessageData})
 			continue
@@ -463,7 +463,7 @@ func (p *Projector) queue(b *pgx.Batch, events []domain.Event, data []messageDat
 		}
 		for _, m := range models {
 			if err := m.apply(b, e); err != nil {
-				return fmt.Errorf("apply %s at %d: %w", e.Type, e.Seq, err)
+				return fmt.Errorf("apply %s at %d: %w: %w", e.Type, e.Seq, errUnusable, err)
 			}
 		}
 	}

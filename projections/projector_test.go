@@ -426,3 +426,67 @@ func TestReadMarkerPastBigintIsClamped(t *testing.T) {
 		t.Fatalf("bob's marker at %d after a rebuild, want %d", read, first.Seq)
 	}
 }
+
+// An event whose data does not fit the read models (a field of the wrong type, written past the
+// command side) is parked like one PostgreSQL refuses, instead of stopping the projector.
+func TestUnusableDataIsParked(t *testing.T) {
+	f := newFixture(t)
+	// One conversation each: an event after a parked one in its conversation is parked anyway.
+	badBody, badMarker, healthy := f.direct("alice", "bob"), f.direct("bob", "carol"), f.direct("alice", "carol")
+	for i, bad := range []struct{ conv, typ, data string }{
+		{badBody.ID, "message.created", `{"message_id":"` + badBody.ID + `-aaaaaaaaaaaaaaaaaaaa","sender_id":"alice","client_msg_id":"p","body":5}`},
+		{badMarker.ID, "read.updated", `{"user_id":"bob","seq":-1}`},
+	} {
+		e := fmt.Sprintf(`{"v":1,"id":"e-bad-%d","type":%q,"conversation_id":%q,"actor":"bob","time":"2026-11-23T10:00:00Z","data":%s}`, i, bad.typ, bad.conv, bad.data)
+		_, err := f.js.Publish(f.ctx, fmt.Sprintf("chat.evt.conv.%s.msg.bad%d", bad.conv, i), []byte(e))
+		f.check(err)
+	}
+	ok, _, _, err := f.store.SendMessage(f.ctx, "alice", healthy.ID, "fine", "goes through")
+	f.check(err)
+
+	p := f.projector()
+	f.run(p)
+	f.waitFor(p, f.lastSeq())
+	if _, err := NewMessages(f.pool).Get(f.ctx, ok.ID); err != nil {
+		t.Fatalf("the healthy conversation's message: %v", err)
+	}
+	if p.Parked() != 2 {
+		t.Fatalf("%d events parked, want 2", p.Parked())
+	}
+	if err := p.Healthy(); err != nil {
+		t.Fatalf("projector stopped: %v", err)
+	}
+}
+
+// A lock held by someone else (a migration or a manual REINDEX, with a lock timeout on the
+// projector's connections) is the database's state, not the event's: the projector waits and
+// retries, and parks nothing.
+func TestLockTimeoutParksNothing(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	cfg := f.pool.Config().Copy()
+	cfg.ConnConfig.RuntimeParams["lock_timeout"] = "100ms"
+	pool, err := pgxpool.NewWithConfig(f.ctx, cfg)
+	f.check(err)
+	t.Cleanup(pool.Close)
+	p := NewProjector(pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	f.run(p)
+	f.waitFor(p, f.lastSeq())
+
+	locker, err := f.pool.Begin(f.ctx)
+	f.check(err)
+	t.Cleanup(func() { _ = locker.Rollback(context.Background()) }) // on failure too: the pool closes only once it is back
+	_, err = locker.Exec(f.ctx, `LOCK TABLE messages IN SHARE MODE`)
+	f.check(err)
+	m, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "while locked")
+	f.check(err)
+	f.eventually("the projector fails against the lock", func() (bool, error) { return p.Healthy() != nil, nil })
+	f.check(locker.Rollback(f.ctx))
+	f.waitFor(p, m.Seq)
+	if p.Parked() != 0 {
+		t.Fatalf("%d events parked for a lock", p.Parked())
+	}
+	if _, err := NewMessages(f.pool).Get(f.ctx, m.ID); err != nil {
+		t.Fatalf("the message sent while locked: %v", err)
+	}
+}
