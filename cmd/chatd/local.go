@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/chatd-dev/chatd/api"
@@ -56,6 +57,26 @@ func database(ctx context.Context, cfg Config, log *slog.Logger, server bool) (s
 	}
 	log.Info("private PostgreSQL running", "dir", dir)
 	return cluster.URL("chatd"), stop, nil
+}
+
+// lockDataDir makes this chatd the only one serving from dir while it runs: a second one would
+// open the same JetStream store as the first's embedded NATS (the source of truth), and stop the
+// first's PostgreSQL when it exits. The lock is the kernel's (flock), so it ends with the
+// process, however it ends.
+func lockDataDir(dir string) (unlock func(), err error) {
+	path := filepath.Join(dir, "chatd.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock the data directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another chatd is serving from the data directory %s (it holds %s): give each chatd a CHAT_DATA_DIR of its own", dir, path)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // clusterDir is <data>/postgres, unless chatd runs as root and the user PostgreSQL runs as

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -82,6 +83,15 @@ func TestEmbeddedDefaults(t *testing.T) {
 		"CHAT_DEMO_ADDR":   "127.0.0.1:0",
 	}
 	c := start(t, env)
+	// A second chatd on the same data directory refuses to start: it would share the first's
+	// JetStream store and stop its PostgreSQL.
+	var second strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // were it to start, it stops here
+	err := run(ctx, nil, func(k string) string { return env[k] }, io.Discard, &second)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "another chatd is serving from the data directory") {
+		t.Fatalf("a second chatd on the same data directory: %v", err)
+	}
 	keyFile := filepath.Join(dataDir, "service-key")
 	info, err := os.Stat(keyFile)
 	if err != nil {

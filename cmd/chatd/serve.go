@@ -42,6 +42,13 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	if cfg.NATSURL == "" || cfg.DatabaseURL == "" {
+		unlock, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	fmt.Fprintln(stdout, "chatd configuration:")
 	cfg.print(stdout)
 
