@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"html/template"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -88,7 +89,24 @@ func Demo(cfg DemoConfig) http.Handler {
 	mux.HandleFunc("GET /demo.js", js.serve)
 	mux.HandleFunc("GET /demo.css", css.serve)
 	mux.HandleFunc("POST /demo/token", d.token)
-	return mux
+	return loopbackOnly(mux)
+}
+
+// loopbackOnly answers only requests addressed to a loopback host. A page on any other site
+// could otherwise point a name of its own at 127.0.0.1 (DNS rebinding) and mint tokens here.
+func loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if name, _, err := net.SplitHostPort(host); err == nil {
+			host = name
+		}
+		ip := net.ParseIP(strings.Trim(host, "[]"))
+		if !strings.EqualFold(host, "localhost") && (ip == nil || !ip.IsLoopback()) {
+			http.Error(w, "the demo host site answers on loopback only (http://localhost or 127.0.0.1)", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 type demo struct {

@@ -117,6 +117,13 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	if err := fs.Parse(args); err != nil {
 		return c, nil, err
 	}
+	// The demo host site mints tokens for anyone who opens it: it is for trying chatd on its
+	// embedded defaults, and off by default once chatd runs against external servers.
+	explicitDemo := getenv("CHAT_DEMO_ADDR") != ""
+	fs.Visit(func(f *flag.Flag) { explicitDemo = explicitDemo || f.Name == "demo-addr" })
+	if !explicitDemo && (c.NATSURL != "" || c.DatabaseURL != "") {
+		c.DemoAddr = "off"
+	}
 	// The host sends the key in a header, whose value HTTP trims: so is the configured key, or
 	// a trailing newline (a secret mounted from a file) would refuse every request.
 	c.ServiceKey = strings.TrimSpace(c.ServiceKey)

@@ -48,3 +48,26 @@ func TestConfigRefusesWhatItWouldIgnore(t *testing.T) {
 		t.Fatalf("service key %q, %v", cfg.ServiceKey, err)
 	}
 }
+
+// The demo host site (which mints tokens for whoever opens it) is on by default only on the
+// embedded defaults; against external servers it runs only when asked for.
+func TestDemoIsOffAgainstExternalServers(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+		want bool
+	}{
+		{map[string]string{}, nil, true},
+		{map[string]string{"DATABASE_URL": "postgres://db/chatd"}, nil, false},
+		{map[string]string{"DATABASE_URL": "postgres://db/chatd", "CHAT_DEMO_ADDR": "127.0.0.1:9000"}, nil, true},
+		{map[string]string{"DATABASE_URL": "postgres://db/chatd"}, []string{"-demo-addr", "127.0.0.1:9000"}, true},
+	} {
+		cfg, _, err := parseConfig("chatd", tc.args, func(k string) string { return tc.env[k] }, &strings.Builder{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.demo() != tc.want {
+			t.Errorf("%v %v: demo %v, want %v", tc.env, tc.args, cfg.demo(), tc.want)
+		}
+	}
+}

@@ -58,6 +58,21 @@ func TestEmbedHeaders(t *testing.T) {
 	}
 	// The demo mints a token that chatd accepts.
 	c.must(200, "GET", "/api/v1/me", demoToken(t, c, "alice"), nil)
+	// Only for requests addressed to loopback: a site whose name resolves to 127.0.0.1 (DNS
+	// rebinding) gets nothing.
+	req, err := http.NewRequest(http.MethodPost, demo+"/demo/token", strings.NewReader(`{"user":"alice"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "attacker.example:" + port
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusForbidden {
+		t.Fatalf("demo token for Host %s: %s, want 403", req.Host, r.Status)
+	}
 	resp, err = http.Post(demo+"/demo/token", "application/json", strings.NewReader(`{"user":"mallory"}`))
 	if err != nil {
 		t.Fatal(err)
