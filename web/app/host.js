@@ -114,7 +114,16 @@ export class Session {
     // Warn 60 s before exp and remind 15 s before. A token that arrives with less time left is
     // warned about at once; the Set folds the two warnings into one when both are already due.
     const warnings = new Set([left - 60_000, left - 15_000].map((ms) => Math.max(0, ms)));
-    for (const ms of warnings) this.timers.push(setTimeout(() => this.warn(), ms));
-    this.timers.push(setTimeout(() => this.post({ type: "chatd:token-expired" }), Math.max(0, left)));
+    for (const ms of warnings) this.later(() => this.warn(), ms);
+    this.later(() => this.post({ type: "chatd:token-expired" }), Math.max(0, left));
+  }
+
+  // later runs fn in ms. Browsers run a timer set further ahead than 2^31-1 ms (about 24.8 days)
+  // at once, so a longer wait goes in steps; every step's timer is in this.timers.
+  later(fn, ms) {
+    const step = Math.min(ms, MAX_TIMER);
+    this.timers.push(setTimeout(() => (ms > MAX_TIMER ? this.later(fn, ms - MAX_TIMER) : fn()), step));
   }
 }
+
+const MAX_TIMER = 2 ** 31 - 1;
