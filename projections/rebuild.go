@@ -148,7 +148,7 @@ func lockRebuild(ctx context.Context, live *pgxpool.Pool) (unlock func(), err er
 		if err != nil {
 			return nil, readErr(err, "take the rebuild lock")
 		}
-		return nil, domain.Errorf(domain.CodeConflict, "another rebuild of the read models is running")
+		return nil, domain.Errorf(domain.CodeConflict, "another rebuild (or verify) of the read models is running")
 	}
 	return func() {
 		ctx := context.WithoutCancel(ctx)

@@ -244,6 +244,19 @@ func TestRebuildLockFreedWhenUnlockFails(t *testing.T) {
 	})
 }
 
+// A verify does not run beside a rebuild (a switch-over during its comparison would make it
+// compare the new tables), nor a rebuild beside a verify: they share the rebuild lock.
+func TestVerifyWaitsForNoRebuild(t *testing.T) {
+	f := newFixture(t)
+	unlock, err := lockRebuild(f.ctx, f.pool)
+	f.check(err)
+	defer unlock()
+	_, err = Verify(f.ctx, f.pool, f.js.Conn(), f.stream, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if domain.ErrorCode(err) != domain.CodeConflict {
+		t.Fatalf("verify during a rebuild: %v, want conflict", err)
+	}
+}
+
 // Close stops a running rebuild and waits for it; Start after Close starts nothing, so no
 // rebuild runs on while the node shuts down.
 func TestRebuildsStartAfterClose(t *testing.T) {

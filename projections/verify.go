@@ -57,6 +57,14 @@ var verifiedTables = []struct{ name, order, drop string }{
 // stream sequence. The live ones keep serving meanwhile; the scratch schema is dropped at
 // the end. progress, when set, hears how far the rebuild is.
 func Verify(ctx context.Context, live *pgxpool.Pool, nc *nats.Conn, stream jetstream.Stream, log *slog.Logger, progress func(done, total uint64)) (VerifyResult, error) {
+	// Not beside a rebuild: a switch-over in the middle of the comparison would have it read
+	// the new tables (names resolve in the current catalog, not the snapshot) and report
+	// differences that do not exist.
+	unlock, err := lockRebuild(ctx, live)
+	if err != nil {
+		return VerifyResult{}, err
+	}
+	defer unlock()
 	sc, err := newScratch(ctx, live, "chatd_verify")
 	if err != nil {
 		return VerifyResult{}, err
