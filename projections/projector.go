@@ -222,13 +222,17 @@ func (p *Projector) runOnce(ctx context.Context) error {
 				break fill
 			}
 		}
-		d, err := p.decode(batch)
-		if err != nil {
-			return err
+		// The events before one that cannot be decoded at all (a newer chatd's) are applied
+		// first: the projector stops at that event, not at its batch.
+		d, stop := p.decode(batch)
+		if len(d.msgs) > 0 {
+			// The batch in hand is finished even when shutdown has begun.
+			if err := p.applyOrPark(context.WithoutCancel(ctx), d); err != nil {
+				return err
+			}
 		}
-		// The batch in hand is finished even when shutdown has begun.
-		if err := p.applyOrPark(context.WithoutCancel(ctx), d); err != nil {
-			return err
+		if stop != nil {
+			return stop
 		}
 	}
 }
@@ -257,6 +261,8 @@ func (d decoded) one(i int) decoded {
 }
 
 // decode decodes the events of msgs.
+// decode decodes a delivered batch. On an error, the batch it returns holds the events before
+// the message that caused it.
 func (p *Projector) decode(msgs []jetstream.Msg) (decoded, error) {
 	d := newDecoded(len(msgs))
 	for _, m := range msgs {
@@ -287,7 +293,10 @@ func (p *Projector) add(d *decoded, m streams.Stored) error {
 	err := domain.DecodeEventInto(decodeJSON, m.Data, e)
 	if errors.Is(err, domain.ErrNewerSchema) {
 		// Skipping it would leave read models that differ from a rebuild: stop here, loudly,
-		// until this node runs a chatd that reads it (readyz reports the error meanwhile).
+		// until this node runs a chatd that reads it (readyz reports the error meanwhile). d
+		// keeps the events before it.
+		n := len(d.msgs) - 1
+		d.msgs, d.events, d.data = d.msgs[:n], d.events[:n], d.data[:n]
 		return fmt.Errorf("event at %d needs a newer chatd: %w", m.Seq, err)
 	}
 	if err != nil {

@@ -490,3 +490,31 @@ func TestLockTimeoutParksNothing(t *testing.T) {
 		t.Fatalf("the message sent while locked: %v", err)
 	}
 }
+
+// The projector stops at an event from a newer chatd, not at the start of its batch: the events
+// before it, of every conversation, are applied.
+func TestProjectorAppliesWhatPrecedesANewerEvent(t *testing.T) {
+	f := newFixture(t)
+	d := f.direct("alice", "bob")
+	before, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "before")
+	f.check(err)
+	newer := fmt.Sprintf(`{"v":%d,"id":"e-newer","type":"message.created","conversation_id":%q,"actor":"alice","time":"2026-11-30T00:00:00Z","data":{}}`,
+		domain.SchemaVersion+1, d.ID)
+	ack, err := f.js.Publish(f.ctx, "chat.evt.newer", []byte(newer))
+	f.check(err)
+	_, _, _, err = f.store.SendMessage(f.ctx, "alice", d.ID, "2", "after")
+	f.check(err)
+
+	p := f.projector() // all of it arrives in its first batch
+	f.run(p)
+	f.eventually("the projector reports the newer event", func() (bool, error) {
+		st, err := p.Status(f.ctx)
+		return strings.Contains(st.Error, "needs a newer chatd"), err
+	})
+	if pos := p.Position(); pos != ack.Sequence-1 {
+		t.Fatalf("projector at %d, want %d, just before the newer event", pos, ack.Sequence-1)
+	}
+	if _, err := NewMessages(f.pool).Get(f.ctx, before.ID); err != nil {
+		t.Fatalf("the message before the newer event: %v", err)
+	}
+}
