@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"io"
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The configuration chatd prints at start, and its connection errors, never show the
@@ -69,5 +73,24 @@ func TestDemoIsOffAgainstExternalServers(t *testing.T) {
 		if cfg.demo() != tc.want {
 			t.Errorf("%v %v: demo %v, want %v", tc.env, tc.args, cfg.demo(), tc.want)
 		}
+	}
+}
+
+// An external NATS that does not answer at start is named in the error, with what to check,
+// rather than surfacing as the first request's unrelated failure.
+func TestUnreachableNATSIsNamed(t *testing.T) {
+	defer func(was time.Duration) { natsConnectWait = was }(natsConnectWait)
+	natsConnectWait = 500 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	env := baseEnv(t)
+	env["CHAT_NATS_URL"] = "nats://chatd:hunter2@" + addr
+	err = run(context.Background(), nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "cannot reach NATS at nats://REDACTED@"+addr) || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("start with NATS unreachable: %v", err)
 	}
 }

@@ -291,6 +291,9 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// natsConnectWait bounds how long chatd waits at start for an external NATS to answer.
+var natsConnectWait = 10 * time.Second
+
 // connectNATS connects to CHAT_NATS_URL, or starts the embedded server and connects to it.
 func connectNATS(cfg Config, log *slog.Logger) (*nats.Conn, func(), error) {
 	opts := []nats.Option{
@@ -315,6 +318,16 @@ func connectNATS(cfg Config, log *slog.Logger) (*nats.Conn, func(), error) {
 		nc, err := nats.Connect(cfg.NATSURL, opts...)
 		if err != nil {
 			return nil, nil, fmt.Errorf("connect to NATS at %s: %w", redactURLs(cfg.NATSURL), err)
+		}
+		// The connection retries in the background (RetryOnFailedConnect); without waiting,
+		// a NATS that is not there yet would surface as the first request's unrelated error.
+		for deadline := time.Now().Add(natsConnectWait); !nc.IsConnected(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				last := nc.LastError()
+				nc.Close()
+				return nil, nil, fmt.Errorf("cannot reach NATS at %s within %v (is it running, and is CHAT_NATS_URL right?): %v",
+					redactURLs(cfg.NATSURL), natsConnectWait, last)
+			}
 		}
 		return nc, nc.Close, nil
 	}
