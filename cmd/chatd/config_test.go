@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -92,5 +93,24 @@ func TestUnreachableNATSIsNamed(t *testing.T) {
 	err = run(context.Background(), nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "cannot reach NATS at nats://REDACTED@"+addr) || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("start with NATS unreachable: %v", err)
+	}
+}
+
+// chatd token run away from the server's data directory refuses, instead of generating secrets
+// of its own and printing a token the server rejects; with the server's secret it mints one.
+func TestTokenNeedsTheServersSecret(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"CHAT_DATA_DIR": dir}
+	getenv := func(k string) string { return env[k] }
+	var out strings.Builder
+	if err := runToken([]string{"--user", "alice"}, getenv, &out, io.Discard); err == nil || !strings.Contains(err.Error(), "jwt-secret does not exist") {
+		t.Fatalf("token without the server's secret: %v (printed %q)", err, out.String())
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("chatd token wrote %d files into the data directory", len(entries))
+	}
+	env["CHAT_JWT_SECRET"] = strings.Repeat("s", 32)
+	if err := runToken([]string{"--user", "alice"}, getenv, &out, io.Discard); err != nil || strings.Count(out.String(), ".") != 2 {
+		t.Fatalf("token with the secret: %v, printed %q", err, out.String())
 	}
 }

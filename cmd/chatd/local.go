@@ -172,6 +172,12 @@ func runToken(args []string, getenv func(string) string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
+	// A token is only as good as the secret the server checks it with: never generate one here.
+	if path := filepath.Join(cfg.DataDir, "jwt-secret"); cfg.JWTSecret == "" {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("chatd token: CHAT_JWT_SECRET is unset and %s does not exist: run it where chatd serves (its CHAT_DATA_DIR), or set CHAT_JWT_SECRET", path)
+		}
+	}
 	log := newLogger(cfg, stderr)
 	serviceKey, jwtSecret, err := secrets(cfg, log)
 	if err != nil {
