@@ -8,6 +8,7 @@ import (
 
 	"github.com/chatd-dev/chatd/internal/natstest"
 	"github.com/chatd-dev/chatd/streams"
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // When the node falls so far behind that NATS drops pushes, the connections of the users who
@@ -44,22 +45,7 @@ func TestDroppedPushesAreReported(t *testing.T) {
 	}
 	defer stopBob()
 
-	pub := natstest.Connect(t, s)
-	for range pushBuffer + 1000 {
-		if err := pub.Publish(streams.PushSubject("alice"), []byte("x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := pub.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for dropped(f, "alice") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("NATS never dropped a push")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	overflow(t, s, f, "alice")
 	close(release)
 	select {
 	case <-aliceLost:
@@ -71,6 +57,28 @@ func TestDroppedPushesAreReported(t *testing.T) {
 	case <-bobLost:
 		t.Fatal("bob lost nothing but was told he did")
 	default:
+	}
+}
+
+// overflow publishes more pushes to user than the dispatcher's channel holds, while its first
+// delivery is held, and waits until NATS has dropped some.
+func overflow(t *testing.T, s *server.Server, f *Feed, user string) {
+	t.Helper()
+	pub := natstest.Connect(t, s)
+	for range pushBuffer + 1000 {
+		if err := pub.Publish(streams.PushSubject(user), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for dropped(f, user) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("NATS never dropped a push")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -144,22 +152,8 @@ func TestNoPushOvertakesADrop(t *testing.T) {
 	}
 	defer stop()
 
-	pub := natstest.Connect(t, s)
-	for range pushBuffer + 1000 {
-		if err := pub.Publish(streams.PushSubject("alice"), []byte("x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := pub.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	overflow(t, s, f, "alice")
 	deadline := time.Now().Add(10 * time.Second)
-	for dropped(f, "alice") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("NATS never dropped a push")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	close(release)
 	for !told.Load() {
 		if time.Now().After(deadline) {

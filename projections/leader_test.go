@@ -400,10 +400,7 @@ func TestLeaderForgetsLargeGroups(t *testing.T) {
 func TestNewLeaderPushesWhatWasNotChecked(t *testing.T) {
 	f := newFixture(t)
 	d := f.direct("alice", "bob")
-	for i := range 30 {
-		_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
-		f.check(err)
-	}
+	f.sendMany(d.ID, 30)
 	checked := func() (n uint64) {
 		f.check(f.pool.QueryRow(f.ctx, `SELECT checked_seq FROM projector_checkpoints`).Scan(&n))
 		return n

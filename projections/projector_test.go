@@ -103,6 +103,39 @@ func (f *fixture) poison(conv, actor string) {
 	f.check(err)
 }
 
+// sendMany sends n messages from alice into conv.
+func (f *fixture) sendMany(conv string, n int) {
+	f.t.Helper()
+	for i := range n {
+		_, _, _, err := f.store.SendMessage(f.ctx, "alice", conv, fmt.Sprint(i), "hi")
+		f.check(err)
+	}
+}
+
+// publishNewer appends to conv an event of a schema version newer than this build reads, and
+// returns its sequence.
+func (f *fixture) publishNewer(conv string) uint64 {
+	f.t.Helper()
+	newer := fmt.Sprintf(`{"v":%d,"id":"e-newer","type":"message.created","conversation_id":%q,"actor":"alice","time":"2026-11-30T00:00:00Z","data":{}}`,
+		domain.SchemaVersion+1, conv)
+	ack, err := f.js.Publish(f.ctx, "chat.evt.newer", []byte(newer))
+	f.check(err)
+	return ack.Sequence
+}
+
+// stoppedAt waits until p reports the newer event at seq, and checks it stopped just before it.
+func (f *fixture) stoppedAt(p *Projector, seq uint64) {
+	f.t.Helper()
+	f.eventually("the projector reports the newer event", func() (bool, error) {
+		st, err := p.Status(f.ctx)
+		return strings.Contains(st.Error, "needs a newer chatd"), err
+	})
+	time.Sleep(200 * time.Millisecond) // it retries: it must keep stopping there
+	if pos := p.Position(); pos != seq-1 {
+		f.t.Fatalf("projector at %d, want %d, just before the newer event", pos, seq-1)
+	}
+}
+
 func (f *fixture) check(err error) {
 	f.t.Helper()
 	if err != nil {
@@ -245,10 +278,7 @@ func TestStandbyTakesOver(t *testing.T) {
 func TestProjectorBatches(t *testing.T) {
 	f := newFixture(t)
 	d := f.direct("alice", "bob")
-	for i := range 1000 {
-		_, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, fmt.Sprint(i), "hi")
-		f.check(err)
-	}
+	f.sendMany(d.ID, 1000)
 	p := f.projector()
 	f.run(p)
 	f.waitFor(p, f.lastSeq())
@@ -370,19 +400,9 @@ func TestProjectorSkipsUndecodableAndStopsAtNewerSchema(t *testing.T) {
 		t.Fatalf("%d messages projected around the undecodable event, want 2", n)
 	}
 
-	newer := fmt.Sprintf(`{"v":%d,"id":"e-newer","type":"message.created","conversation_id":%q,"actor":"alice","time":"2026-11-30T00:00:00Z","data":{}}`,
-		domain.SchemaVersion+1, d.ID)
-	ack, err := f.js.Publish(f.ctx, "chat.evt.newer", []byte(newer))
-	f.check(err)
+	newer := f.publishNewer(d.ID)
 	send("three")
-	f.eventually("the projector reports the newer event", func() (bool, error) {
-		st, err := p.Status(f.ctx)
-		return strings.Contains(st.Error, "needs a newer chatd"), err
-	})
-	time.Sleep(200 * time.Millisecond) // it retries: it must keep stopping there
-	if pos := p.Position(); pos != ack.Sequence-1 {
-		t.Fatalf("projector at %d, want %d, just before the newer event", pos, ack.Sequence-1)
-	}
+	f.stoppedAt(p, newer)
 	if n := count(); n != 2 {
 		t.Fatalf("%d messages projected, want 2: nothing after the newer event", n)
 	}
@@ -498,22 +518,13 @@ func TestProjectorAppliesWhatPrecedesANewerEvent(t *testing.T) {
 	d := f.direct("alice", "bob")
 	before, _, _, err := f.store.SendMessage(f.ctx, "alice", d.ID, "1", "before")
 	f.check(err)
-	newer := fmt.Sprintf(`{"v":%d,"id":"e-newer","type":"message.created","conversation_id":%q,"actor":"alice","time":"2026-11-30T00:00:00Z","data":{}}`,
-		domain.SchemaVersion+1, d.ID)
-	ack, err := f.js.Publish(f.ctx, "chat.evt.newer", []byte(newer))
-	f.check(err)
+	newer := f.publishNewer(d.ID)
 	_, _, _, err = f.store.SendMessage(f.ctx, "alice", d.ID, "2", "after")
 	f.check(err)
 
 	p := f.projector() // all of it arrives in its first batch
 	f.run(p)
-	f.eventually("the projector reports the newer event", func() (bool, error) {
-		st, err := p.Status(f.ctx)
-		return strings.Contains(st.Error, "needs a newer chatd"), err
-	})
-	if pos := p.Position(); pos != ack.Sequence-1 {
-		t.Fatalf("projector at %d, want %d, just before the newer event", pos, ack.Sequence-1)
-	}
+	f.stoppedAt(p, newer)
 	if _, err := NewMessages(f.pool).Get(f.ctx, before.ID); err != nil {
 		t.Fatalf("the message before the newer event: %v", err)
 	}
