@@ -502,9 +502,11 @@ func (s *server) serveConn(ctx context.Context, conn *wsConn, exp time.Time, res
 	defer stop()
 	if err := s.startStream(ctx, conn, resume, since, epoch); errors.Is(err, errPushLost) || conn.slow.Load() {
 		return // closing with 4008: the client resumes
-	} else if err != nil && !conn.closed() { // a closed connection's start ends as it should
-		s.Log.Warn("websocket start failed", "err", err)
-		conn.close(websocket.CloseTryAgainLater, "try again")
+	} else if err != nil {
+		if !conn.closed() { // a closed connection's start ends as it should
+			s.Log.Warn("websocket start failed", "err", err)
+			conn.close(websocket.CloseTryAgainLater, "try again")
+		}
 		return
 	}
 	defer s.trackPresence(conn)()

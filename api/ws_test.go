@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,12 +205,19 @@ func TestConnectionPanicClosesOnlyIt(t *testing.T) {
 // the hub and a dial function for alice.
 func testServer(t *testing.T, feed Feed, cfg WSConfig) (*Hub, func() *websocket.Conn) {
 	t.Helper()
+	return testServerWith(t, Deps{Feed: feed, WS: cfg})
+}
+
+// testServerWith is testServer with more of the server's dependencies.
+func testServerWith(t *testing.T, d Deps) (*Hub, func() *websocket.Conn) {
+	t.Helper()
 	auth, err := NewAuth(strings.Repeat("k", 32), strings.Repeat("s", 32), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hub := NewHub()
-	srv := httptest.NewServer(New(Deps{Auth: auth, Feed: feed, Hub: hub, WS: cfg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	d.Auth, d.Hub, d.Log = auth, hub, slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := httptest.NewServer(New(d))
 	t.Cleanup(srv.Close)
 	token, _, err := auth.Mint("alice", time.Minute, false)
 	if err != nil {
@@ -242,11 +250,24 @@ func (f stuckFeed) Position(ctx context.Context) (projections.Position, error) {
 	return projections.Position{}, ctx.Err()
 }
 
+// connectsCounted is a presence that only counts the users it is told came online.
+type connectsCounted struct {
+	Presence
+	connects atomic.Int32
+}
+
+func (p *connectsCounted) Connect(context.Context, string) (string, uint64, error) {
+	p.connects.Add(1)
+	return "", 0, errors.New("not kept")
+}
+
 // Closing a connection ends what it was doing for its client: a shutdown does not wait for
-// look-ups that would never end on their own.
+// look-ups that would never end on their own. A connection closed before it started never
+// says its user came online.
 func TestClosingEndsTheConnectionsWork(t *testing.T) {
 	feed := stuckFeed{asked: make(chan struct{}, 1)}
-	hub, dial := testServer(t, feed, WSConfig{})
+	presence := &connectsCounted{}
+	hub, dial := testServerWith(t, Deps{Feed: feed, Presence: presence})
 	client := dial()
 	select {
 	case <-feed.asked:
@@ -261,6 +282,9 @@ func TestClosingEndsTheConnectionsWork(t *testing.T) {
 	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, _, err := client.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
 		t.Fatalf("read after close all: %v, want 1001", err)
+	}
+	if n := presence.connects.Load(); n != 0 {
+		t.Fatalf("the connection closed during its start said alice came online %d times", n)
 	}
 }
 
