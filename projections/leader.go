@@ -114,18 +114,20 @@ var errDeposed = errors.New("another projector took the lead")
 // term is incremented in the checkpoint row, and every batch checks it under the row's lock
 // (lockCheckpoint). So a leader whose lock session died without its noticing (its pings notice
 // within seconds) commits nothing after this. The pushes of its last commit may still be on
-// their way; repush sends them again, and connections pass on whichever copy comes first.
-func (p *Projector) takeOver(ctx context.Context) (cp, checked uint64, err error) {
+// their way; repush sends them again, from where its predecessor's checks reached (p.checked),
+// and connections pass on whichever copy comes first.
+func (p *Projector) takeOver(ctx context.Context) (uint64, error) {
+	var cp, checked uint64
 	if err := p.pool.QueryRow(ctx, `INSERT INTO projector_checkpoints AS c (name, seq, updated_at, term) VALUES ($1, 0, now(), 1)
 		ON CONFLICT (name) DO UPDATE SET term = c.term + 1
 		RETURNING seq, checked_seq, term, tableoid::oid`, p.name).Scan(&cp, &checked, &p.term, &p.tables); err != nil {
-		return 0, 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
+		return 0, fmt.Errorf("take the lead of %s: %w", p.name, err)
 	}
 	// What an earlier term pushed is not known: its last pushes may be lost or still on their way.
 	p.pushed, p.unchecked, p.checked = p.newPushed(), map[string]struct{}{}, checked
 	// Nor what it did to memberships.
 	p.members = newMembers()
-	return cp, checked, nil
+	return cp, nil
 }
 
 // pushedUsers bounds how many users' last pushes a leader remembers. A user it forgets gets a
@@ -163,11 +165,11 @@ const maxRepush = 20_000
 // commit and publish, clients connected to other nodes get those frames now rather than at their
 // next resume. Every other frame is one they had: connections drop a seq they have passed
 // (api's wsConn, and clients by contract), and these go out before anything newer.
-func (p *Projector) repush(ctx context.Context, cp, checked uint64) error {
+func (p *Projector) repush(ctx context.Context, cp uint64) error {
 	if p.Publish == nil || cp == 0 {
 		return nil
 	}
-	from := p.repushFrom(cp, checked) // exclusive
+	from := p.repushFrom(cp, p.checked) // exclusive
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	steps := make(chan fetched, 1)

@@ -179,9 +179,9 @@ func TestDeposedLeaderCommitsNothing(t *testing.T) {
 	_, _, _, err := f.store.ProvisionUser(f.ctx, "alice", "alice")
 	f.check(err)
 	a, b := f.projector(), f.projector()
-	_, _, err = a.takeOver(f.ctx)
+	_, err = a.takeOver(f.ctx)
 	f.check(err)
-	_, _, err = b.takeOver(f.ctx)
+	_, err = b.takeOver(f.ctx)
 	f.check(err)
 	if err := a.catchUp(f.ctx, f.lastSeq(), nil); !errors.Is(err, errDeposed) {
 		t.Fatalf("the deposed leader's batch: %v, want %v", err, errDeposed)
@@ -239,7 +239,7 @@ func TestDeposedLeaderTakesTheLeadAgain(t *testing.T) {
 	f.waitFor(a, f.lastSeq())
 	f.waitLeading(a)
 	b := f.projector() // another node's projector took the lead (and then went away)
-	_, _, err = b.takeOver(f.ctx)
+	_, err = b.takeOver(f.ctx)
 	f.check(err)
 	_, _, _, err = f.store.ProvisionUser(f.ctx, "bob", "bob")
 	f.check(err)
@@ -346,19 +346,19 @@ func TestLeaderForgetsMembersBetweenTerms(t *testing.T) {
 	log := pushLog{t: t}
 	a, b := f.projector(), f.projector()
 	a.Publish, b.Publish = log.publish, func(string, uint64, uint64, []byte) error { return nil }
-	_, _, err = a.takeOver(f.ctx)
+	_, err = a.takeOver(f.ctx)
 	f.check(err)
 	f.check(a.catchUp(f.ctx, f.lastSeq(), nil))
 	if mem, _, ok := f.remembered(a, g.ID); !ok || len(mem) != 3 {
 		t.Fatalf("a remembers %q (%v), want the three members", mem, ok)
 	}
 	// b leads while bob leaves, then a leads again.
-	_, _, err = b.takeOver(f.ctx)
+	_, err = b.takeOver(f.ctx)
 	f.check(err)
 	_, _, err = f.store.RemoveMember(f.ctx, "bob", g.ID, "bob")
 	f.check(err)
 	f.check(b.catchUp(f.ctx, f.lastSeq(), nil))
-	_, _, err = a.takeOver(f.ctx)
+	_, err = a.takeOver(f.ctx)
 	f.check(err)
 	log.mu.Lock()
 	log.last = nil // a new term's first pushes name none before them

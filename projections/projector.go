@@ -147,7 +147,7 @@ func (p *Projector) Run(ctx context.Context) {
 }
 
 func (p *Projector) runOnce(ctx context.Context) error {
-	cp, checked, err := p.takeOver(ctx)
+	cp, err := p.takeOver(ctx)
 	if err != nil {
 		return err
 	}
@@ -155,7 +155,7 @@ func (p *Projector) runOnce(ctx context.Context) error {
 		return err
 	}
 	p.advance(cp)
-	if err := p.repush(ctx, cp, checked); err != nil && ctx.Err() == nil {
+	if err := p.repush(ctx, cp); err != nil && ctx.Err() == nil {
 		// Pushes are at most once: a client that missed one gets it at its next resume.
 		p.log.Warn("could not push the last events again on taking the lead", "err", err)
 	}

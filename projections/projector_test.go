@@ -174,7 +174,7 @@ func TestProjectorSkipsWhatWasApplied(t *testing.T) {
 	// has applied (a leader's term keeps a from committing more; the checkpoint keeps b from
 	// applying these again).
 	b := f.projector()
-	_, _, err = b.takeOver(f.ctx)
+	_, err = b.takeOver(f.ctx)
 	f.check(err)
 	cons, err := f.stream.OrderedConsumer(f.ctx, jetstream.OrderedConsumerConfig{})
 	f.check(err)
